@@ -1,0 +1,184 @@
+"""Datasets and the LightningDataModule of one fold.
+
+Training items are crops of ``crops.seconds`` around a TP or FP box, read from the memory-mapped audio
+cache (no FLAC decoding, no pandas in ``__getitem__``), with the three-state frame labels of every box
+that falls in the crop. Validation crops are centred on the boxes without jitter, so the validation score
+is comparable across epochs. Prediction items are whole recordings.
+
+Sampling is DDP-safe: Lightning wraps training in a ``DistributedSampler``; validation uses an
+unrepeated distributed sampler, so no crop is scored twice (the padding of a plain ``DistributedSampler``
+would repeat some), and prediction is unrepeated too (Lightning's default for ``predict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .audio import AudioCache
+from .labels import BoxIndex, frame_targets
+
+
+@dataclass(frozen=True)
+class RecordingSet:
+    """Recordings of one split that live in the audio cache, with their box index (may have no boxes)."""
+
+    split: str
+    recording_ids: tuple[str, ...]
+    boxes: BoxIndex
+
+
+class BoxCropDataset(Dataset):
+    """Crops around TP/FP boxes: item ``i`` is anchored on box row ``anchors[i]`` of ``recordings.boxes``.
+
+    With ``jitter`` the crop start is drawn uniformly among the starts that keep the whole box inside
+    the crop (or, for a box longer than the crop, a random window of the box), as the RFCx winners did;
+    without it the crop is centred on the box.
+    """
+
+    def __init__(self, cache: AudioCache, recordings: RecordingSet, anchors: np.ndarray, n_classes: int,
+                 crop_seconds: float, label_hz: float, sample_rate: int, duration_s: float, jitter: bool):
+        self.cache = cache
+        self.recordings = recordings
+        self.anchors = np.asarray(anchors, dtype=np.int64)
+        self.n_classes = n_classes
+        self.crop_seconds = float(crop_seconds)
+        self.crop_samples = int(round(crop_seconds * sample_rate))
+        self.n_label_frames = max(1, int(round(crop_seconds * label_hz)))
+        self.sample_rate = sample_rate
+        self.duration_s = float(duration_s)
+        self.jitter = jitter
+        boxes = recordings.boxes
+        # recording index of every box row, so __getitem__ is pure array look-ups
+        self._box_recording = np.repeat(np.arange(len(boxes.recording_ids)), np.diff(boxes.offsets))
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def crop_start(self, t_min: float, t_max: float, u: float) -> float:
+        """Start time of a crop containing [t_min, t_max]; ``u`` in [0, 1) picks among valid starts."""
+        crop, total = self.crop_seconds, self.duration_s
+        if t_max - t_min >= crop:  # long box: any window inside it
+            lo, hi = t_min, t_max - crop
+        else:
+            lo, hi = t_max - crop, t_min
+        lo, hi = max(0.0, lo), min(hi, total - crop)
+        if hi < lo:  # recording shorter than the crop, or box at the edge: clamp
+            return float(min(max(0.0, lo), max(0.0, total - crop)))
+        return float(lo + u * (hi - lo)) if self.jitter else float((lo + hi) / 2)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = int(self.anchors[i])
+        boxes = self.recordings.boxes
+        rec = int(self._box_recording[row])
+        u = float(torch.rand(())) if self.jitter else 0.5
+        start_s = self.crop_start(float(boxes.t_min[row]), float(boxes.t_max[row]), u)
+        start = int(round(start_s * self.sample_rate))
+        wave = self.cache.read(self.recordings.split, self.recordings.recording_ids[rec], start, self.crop_samples)
+        targets, mask = frame_targets(boxes, rec, start_s, self.crop_seconds, self.n_label_frames, self.n_classes)
+        return {"wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+                "targets": torch.from_numpy(targets), "mask": torch.from_numpy(mask)}
+
+
+class RecordingDataset(Dataset):
+    """Whole recordings for prediction; ``index`` lets the prediction writer map outputs back to ids."""
+
+    def __init__(self, cache: AudioCache, split: str, recording_ids: Sequence[str], n_samples: int):
+        self.cache = cache
+        self.split = split
+        self.recording_ids = list(recording_ids)
+        self.n_samples = n_samples
+
+    def __len__(self) -> int:
+        return len(self.recording_ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        wave = self.cache.read(self.split, self.recording_ids[i], 0, self.n_samples)
+        return {"wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+                "index": torch.tensor(i, dtype=torch.long)}
+
+
+def box_anchors(boxes: BoxIndex, recording_mask: np.ndarray, tp_repeat: int = 1) -> np.ndarray:
+    """Box rows of the selected recordings; TP rows repeated ``tp_repeat`` times (FP rows outnumber them ~6x)."""
+    box_recording = np.repeat(np.arange(len(boxes.recording_ids)), np.diff(boxes.offsets))
+    rows = np.flatnonzero(recording_mask[box_recording])
+    if tp_repeat > 1:
+        tp_rows = rows[boxes.is_tp[rows]]
+        rows = np.concatenate([rows] + [tp_rows] * (tp_repeat - 1))
+    return rows
+
+
+class FoldDataModule(pl.LightningDataModule):
+    """Train/validation crops for one fold, and whole-recording prediction sets.
+
+    ``predict_sets`` maps a name (e.g. ``"oof"``, ``"test"``) to (split, recording ids); the stage runner
+    sets ``predict_name`` before each ``trainer.predict`` call.
+    """
+
+    def __init__(self, cache: AudioCache, train: RecordingSet, fold_of_recording: np.ndarray, fold: int,
+                 n_classes: int, crop_seconds: float, label_hz: float, sample_rate: int, duration_s: float,
+                 batch_size: int, predict_batch_size: int, num_workers: int, tp_repeat: int = 1,
+                 predict_sets: dict[str, tuple[str, Sequence[str]]] | None = None):
+        super().__init__()
+        self.cache = cache
+        self.train_set = train
+        self.fold_of_recording = np.asarray(fold_of_recording)
+        self.fold = fold
+        self.n_classes = n_classes
+        self.crop_kwargs = dict(n_classes=n_classes, crop_seconds=crop_seconds, label_hz=label_hz,
+                                sample_rate=sample_rate, duration_s=duration_s)
+        self.n_samples = int(round(duration_s * sample_rate))
+        self.batch_size = batch_size
+        self.predict_batch_size = predict_batch_size
+        self.num_workers = num_workers
+        self.tp_repeat = tp_repeat
+        self.predict_sets = dict(predict_sets or {})
+        self.predict_name: str | None = None
+
+    # -- datasets ---------------------------------------------------------------------------------------
+    def train_dataset(self) -> BoxCropDataset:
+        anchors = box_anchors(self.train_set.boxes, self.fold_of_recording != self.fold, self.tp_repeat)
+        return BoxCropDataset(self.cache, self.train_set, anchors, jitter=True, **self.crop_kwargs)
+
+    def val_dataset(self) -> BoxCropDataset:
+        anchors = box_anchors(self.train_set.boxes, self.fold_of_recording == self.fold)
+        return BoxCropDataset(self.cache, self.train_set, anchors, jitter=False, **self.crop_kwargs)
+
+    def predict_dataset(self, name: str) -> RecordingDataset:
+        split, ids = self.predict_sets[name]
+        return RecordingDataset(self.cache, split, ids, self.n_samples)
+
+    # -- loaders ----------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
+                sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, drop_last=drop_last, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset()
+        if len(dataset) == 0:
+            raise ValueError(f"fold {self.fold}: no TP/FP boxes in the training recordings")
+        drop_last = len(dataset) > self.batch_size  # avoid a 1-item batch (BatchNorm) when there is enough
+        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self.val_dataset()
+        sampler = None
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
+                                                   rank=trainer.global_rank, shuffle=False)
+        return self._loader(dataset, self.batch_size, shuffle=False, sampler=sampler)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_name is None:
+            raise RuntimeError("set FoldDataModule.predict_name before trainer.predict")
+        return self._loader(self.predict_dataset(self.predict_name), self.predict_batch_size, shuffle=False)

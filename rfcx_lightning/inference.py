@@ -1,0 +1,128 @@
+"""Whole-recording framewise prediction, and a DDP-safe prediction writer.
+
+The network is fully convolutional in time, so a whole 60 s recording goes through in one pass and
+yields one framewise output: no sliding windows, no repeated work on overlaps. ``mode="windows"``
+(overlapping windows, averaged where they overlap) is kept for comparison and for models that need
+a fixed input length.
+
+Under DDP ``trainer.predict`` only returns the local rank's share. :class:`ShardedPredictionWriter`
+writes one shard per rank, and after a barrier rank 0 merges them, checks that every item appears
+exactly once, and writes one file atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from .workspace import read_npz, write_npz
+
+
+@torch.no_grad()
+def predict_framewise(model: torch.nn.Module, wave: torch.Tensor, mode: str = "whole",
+                      window_seconds: float = 10.0, window_hop_seconds: float = 5.0,
+                      sample_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Framewise probabilities (B, C, T) float16 and clip probabilities (B, C) float32 of whole recordings."""
+    if mode == "whole":
+        out = model(wave)
+        framewise = torch.sigmoid(out["framewise_logits"].float())
+        clip = torch.sigmoid(out["clip_logits"].float())
+        return framewise.half(), clip
+    if mode == "windows":
+        return _predict_windows(model, wave, window_seconds, window_hop_seconds, sample_rate)
+    raise ValueError(f"predict.mode={mode!r}: choose 'whole' or 'windows'")
+
+
+def _predict_windows(model, wave, window_seconds, hop_seconds, sample_rate):
+    """Overlapping windows; framewise outputs placed on a common grid and averaged where they overlap."""
+    sr = sample_rate or model.frontend.sample_rate
+    win, hop = int(window_seconds * sr), int(hop_seconds * sr)
+    n = wave.shape[-1]
+    starts = list(range(0, max(1, n - win) + 1, hop))
+    if starts[-1] + win < n:
+        starts.append(n - win)
+    windows = torch.stack([wave[:, s:s + win] for s in starts], 1)  # (B, W, win)
+    b, w = windows.shape[:2]
+    out = model(windows.reshape(b * w, -1))
+    frames = torch.sigmoid(out["framewise_logits"].float()).reshape(b, w, -1, out["framewise_logits"].shape[-1])
+    t_win = frames.shape[-1]
+    t_total = int(round(t_win * n / win))
+    acc = wave.new_zeros(b, frames.shape[2], t_total)
+    count = wave.new_zeros(t_total)
+    for j, s in enumerate(starts):
+        t0 = min(int(round(s / n * t_total)), t_total - t_win)
+        acc[..., t0:t0 + t_win] += frames[:, j]
+        count[t0:t0 + t_win] += 1
+    framewise = acc / count.clamp_min(1)
+    clip = torch.sigmoid(out["clip_logits"].float()).reshape(b, w, -1).amax(1)
+    return framewise.half(), clip
+
+
+class ShardedPredictionWriter(BasePredictionWriter):
+    """Collects one ``trainer.predict`` run per rank and merges the shards on rank 0.
+
+    Call :meth:`start` before ``trainer.predict`` and :meth:`finish` after it (on every rank).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="batch")
+        self._reset(None, ())
+
+    def _reset(self, out_path: Path | None, ids: Sequence[str]) -> None:
+        self.out_path, self.recording_ids = out_path, list(ids)
+        self._index: list[np.ndarray] = []
+        self._framewise: list[np.ndarray] = []
+        self._clip: list[np.ndarray] = []
+
+    def start(self, out_path: str | Path, recording_ids: Sequence[str]) -> None:
+        self._reset(Path(out_path), recording_ids)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch: Any,
+                           batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._index.append(prediction["index"].cpu().numpy())
+        self._framewise.append(prediction["framewise"].cpu().numpy().astype(np.float16))
+        self._clip.append(prediction["clip"].cpu().numpy().astype(np.float32))
+
+    def finish(self, trainer, extra: dict[str, np.ndarray] | None = None) -> Path | None:
+        """Write this rank's shard, wait for all ranks, merge on rank 0; returns the merged path."""
+        assert self.out_path is not None, "call start() before trainer.predict"
+        rank, world = trainer.global_rank, trainer.world_size
+        shard = self.out_path.with_name(f"{self.out_path.stem}.rank{rank}.npz")
+        if self._index:
+            write_npz(shard, index=np.concatenate(self._index), framewise=np.concatenate(self._framewise),
+                      clip=np.concatenate(self._clip))
+        else:  # a rank can get no item when there are fewer items than ranks
+            write_npz(shard, index=np.zeros(0, np.int64), framewise=np.zeros((0, 0, 0), np.float16),
+                      clip=np.zeros((0, 0), np.float32))
+        trainer.strategy.barrier("prediction-shards")
+        if rank == 0:
+            shards = [self.out_path.with_name(f"{self.out_path.stem}.rank{r}.npz") for r in range(world)]
+            merge_shards(shards, self.out_path, self.recording_ids, extra or {})
+            for path in shards:
+                path.unlink()
+        trainer.strategy.barrier("prediction-merged")
+        out = self.out_path
+        self._reset(None, ())
+        return out
+
+
+def merge_shards(shards: Sequence[Path], out_path: Path, recording_ids: Sequence[str],
+                 extra: dict[str, np.ndarray]) -> Path:
+    """Concatenate rank shards, assert each item appears exactly once, order by item index, write atomically."""
+    parts = [read_npz(p) for p in shards]
+    parts = [p for p in parts if len(p["index"])]
+    index = np.concatenate([p["index"] for p in parts])
+    counts = np.bincount(index, minlength=len(recording_ids))
+    if len(counts) != len(recording_ids) or not np.all(counts == 1):
+        missing = [recording_ids[i] for i in np.flatnonzero(counts[:len(recording_ids)] == 0)][:5]
+        repeated = [recording_ids[i] for i in np.flatnonzero(counts[:len(recording_ids)] > 1)][:5]
+        raise RuntimeError(f"{out_path.name}: predictions must cover each recording exactly once; "
+                           f"missing {missing}, repeated {repeated}")
+    order = np.argsort(index)
+    return write_npz(out_path, recording_id=np.asarray(recording_ids, dtype=str),
+                     framewise=np.concatenate([p["framewise"] for p in parts])[order],
+                     clip=np.concatenate([p["clip"] for p in parts])[order], **extra)

@@ -1,0 +1,88 @@
+"""Command line: ``python -m rfcx_lightning.run stage=bootstrap [overrides...]``.
+
+Configuration is composed with Hydra's compose API from the stage recipe ``stages/<stage>.yaml`` and the
+shared groups in ``rfcx_lightning/conf`` (``data``, ``preset``, ``logger``). We compose instead of using
+``@hydra.main`` on purpose: Hydra's own run folder and working-directory changes would put outputs
+outside the workspace and, under DDP, create one folder per process. Every output goes to ``workspace``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("rfcx_lightning")
+
+
+def recipes_dir() -> Path:
+    """The stage recipes: the repo's ``stages/`` (source checkout, editable install) or the installed copy."""
+    repo = Path(__file__).resolve().parents[1] / "stages"
+    if (repo / "bootstrap.yaml").exists():
+        return repo
+    import rfcx_lightning.recipes as recipes
+
+    return Path(recipes.__file__).parent
+
+
+def available_stages() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def load_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose the config of ``stage=<name>`` (default bootstrap) with Hydra overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    stage, rest = "bootstrap", []
+    for item in overrides:
+        if item.startswith("stage="):
+            stage = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    if stage not in available_stages():
+        raise SystemExit(f"stage={stage!r} is not a stage recipe; choose one of {available_stages()}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
+        return compose(config_name=stage, overrides=list(rest))
+
+
+def run(cfg: DictConfig) -> dict:
+    """Prepare the data and run the configured stage; returns the stage's scores."""
+    from .stages import STAGES
+    from .stages.context import prepare_context
+
+    started = time.time()
+    stage_cls = STAGES[cfg.stage.name]
+    stage = stage_cls(prepare_context(cfg))
+    scores = stage.run()
+    if stage.ctx.is_global_zero:
+        elapsed = round(time.time() - started, 1)
+        stage.state.stage(stage.name)["wall_seconds"] = elapsed
+        stage.state.save()
+        print(f"{stage.name}: finished in {elapsed:.0f} s; outputs in {stage.ctx.workspace}", flush=True)
+    return scores
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print(f"stages: {', '.join(available_stages())}")
+        print("example: python -m rfcx_lightning.run stage=bootstrap preset=smoke workspace=/tmp/ws")
+        return 0
+    cfg = load_config(argv)
+    if "--cfg" in argv:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

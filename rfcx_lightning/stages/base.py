@@ -1,0 +1,89 @@
+"""The LightningModule base shared by every stage.
+
+A stage differs only in where its targets come from (TP/FP boxes, pseudo labels, weak clip labels) and
+how its loss treats them. Everything else is here, once: the detector (front-end inside the model, so
+training and inference preprocess identically), waveform and spectrogram augmentation, mixup, the
+optimizer and schedule, masked validation, and whole-recording prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from ..features.augment import mixup, waveform_gain_noise
+from ..inference import predict_framewise
+from ..losses import build_loss
+from ..metrics import MaskedFrameAUROC
+from ..models.detector import SpeciesDetector
+
+
+class StageModule(pl.LightningModule):
+    """Detector + optimisation + prediction; subclasses implement :meth:`training_step`."""
+
+    def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
+                 predict: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        spec_augment = augment.get("spec_augment")
+        self.model = SpeciesDetector(
+            n_classes=n_classes, backbone=model["backbone"], head=model["head"],
+            frontend=dict(model.get("frontend") or {}), pretrained_path=model.get("pretrained_path"),
+            spec_augment=dict(spec_augment) if spec_augment else None,
+            head_kwargs=dict(model.get("head_kwargs") or {}),
+            backbone_kwargs=dict(model.get("backbone_kwargs") or {}))
+        loss = dict(loss)
+        self.loss_fn = build_loss(loss.pop("kind"), **loss)
+        self.val_auroc = MaskedFrameAUROC()
+        self.predict_cfg = dict(predict or {"mode": "whole"})
+
+    # -- shared pieces ----------------------------------------------------------------------------------
+    def augmented_forward(self, wave: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
+        """Gain/noise on the waveform, front-end (+SpecAugment), mixup on the spectrogram, then the network.
+
+        Mixup happens after the front-end so the per-sample normalisation of each part is kept, and the
+        label rule (max of targets, unknown stays unknown unless the partner is a labelled 1) is applied
+        to the same pairs.
+        """
+        aug = self.hparams.augment
+        if aug.get("gain_noise_p", 0) > 0:
+            wave = waveform_gain_noise(wave, p=aug["gain_noise_p"])
+        spec = self.model.spectrogram(wave)
+        if aug.get("mixup_p", 0) > 0 and float(torch.rand(())) < aug["mixup_p"]:
+            spec, targets, mask = mixup(spec, targets, mask, alpha=aug.get("mixup_alpha", 0.5))
+        return self.model.forward_spectrogram(spec), targets, mask
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.model(batch["wave"])
+        loss = self.loss_fn(out["framewise_logits"], batch["targets"], batch["mask"])
+        self.val_auroc.update(out["framewise_logits"].float(), batch["targets"], batch["mask"])
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["wave"]))
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/masked_auroc", self.val_auroc.compute(), prog_bar=True)
+        self.val_auroc.reset()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        framewise, clip = predict_framewise(self.model, batch["wave"], **self.predict_cfg)
+        return {"index": batch["index"], "framewise": framewise, "clip": clip}
+
+    def configure_optimizers(self) -> Any:
+        """AdamW with a linear warm-up then cosine decay, stepped per batch."""
+        optim = self.hparams.optim
+        optimizer = torch.optim.AdamW(self.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = min(total - 1, int(optim.get("warmup_epochs", 0) * steps_per_epoch))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

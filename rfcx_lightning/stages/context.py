@@ -1,0 +1,134 @@
+"""Everything a stage needs before training: the validated data root, classes, boxes, audio cache, folds.
+
+Prepared once per process. Only global rank 0 generates synthetic data and builds the audio cache; under
+Lightning's DDP launcher the other ranks start when rank 0 reaches its first ``fit``, by which time both
+exist, so they only open them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from ..data.annotations import ClassScheme, DataRoot, load_boxes
+from ..data.audio import AudioCache
+from ..data.datamodule import RecordingSet
+from ..data.folds import load_or_make_folds
+from ..data.labels import BoxIndex
+from ..data.priors import RFCX_TEST_PRIOR
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageContext:
+    cfg: DictConfig
+    workspace: Path
+    data_root: DataRoot
+    scheme: ClassScheme
+    boxes: pd.DataFrame
+    train: RecordingSet
+    test_ids: list[str]
+    cache: AudioCache
+    fold_of_recording: np.ndarray      # fold of each train recording, in train.recording_ids order
+    species: list[int]                 # submission columns s<species>
+    prior: np.ndarray | None           # per-species prior for the prior-only baseline
+    test_truth: pd.DataFrame | None    # clip labels of test recordings (hidden truth / holdout CSV)
+    train_truth: pd.DataFrame | None
+    is_global_zero: bool
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.cfg.folds)
+
+
+def resolve_data_root(cfg: DictConfig, is_global_zero: bool) -> Path:
+    """The data root; for ``data=synthetic`` it is generated (once) if missing."""
+    data = cfg.data
+    root = Path(str(data.root)).expanduser().resolve()
+    if data.kind != "synthetic":
+        return root
+    from ..data.synthetic import SyntheticConfig, ensure_synthetic
+
+    config = SyntheticConfig(n_train=int(data.n_train), n_test=int(data.n_test), seed=int(data.seed),
+                             difficulty=str(data.difficulty), duration_s=float(data.duration_s),
+                             sample_rate=int(data.native_sample_rate),
+                             tp_per_species=data.get("tp_per_species"))
+    if is_global_zero:
+        ensure_synthetic(root, config, workers=int(data.get("workers", 1)))
+    return root
+
+
+def class_prior(cfg: DictConfig, n_species: int) -> np.ndarray | None:
+    prior = cfg.score.get("prior")
+    if prior is None:
+        return None
+    if prior == "rfcx_test":
+        values = np.asarray(RFCX_TEST_PRIOR[:n_species], dtype=np.float64)
+        if len(values) < n_species:
+            raise ValueError(f"score.prior=rfcx_test has 24 classes, the data has {n_species}")
+        return values
+    values = np.asarray(list(prior), dtype=np.float64)
+    if len(values) != n_species:
+        raise ValueError(f"score.prior has {len(values)} values, the data has {n_species} species")
+    return values
+
+
+def load_clip_labels(path: Path, ids: list[str], species: list[int]) -> pd.DataFrame:
+    """A clip-label CSV in sample_submission format, checked against the recordings it must cover."""
+    frame = pd.read_csv(path, dtype={"recording_id": str}, keep_default_na=False)
+    columns = [f"s{s}" for s in species]
+    missing = [c for c in ["recording_id"] + columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    frame = frame.set_index("recording_id")
+    absent = sorted(set(ids) - set(frame.index))
+    if absent:
+        raise ValueError(f"{path}: no labels for {len(absent)} recordings, e.g. {absent[:3]}")
+    return frame.loc[ids, columns].reset_index()
+
+
+def prepare_context(cfg: DictConfig) -> StageContext:
+    is_global_zero = rank_zero_only.rank == 0
+    workspace = Path(str(cfg.workspace)).expanduser().resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    data = cfg.data
+    root = resolve_data_root(cfg, is_global_zero)
+    data_root = DataRoot(root)
+    data_root.check(require_test=True)
+    boxes, scheme = load_boxes(data_root, scheme_by_songtype=bool(data.by_songtype),
+                               duration_s=float(data.duration_s),
+                               native_sample_rate=int(data.native_sample_rate))
+    train_ids, test_ids = data_root.train_ids(), data_root.test_ids()
+    species = list(data_root.species_ids())
+
+    cache = AudioCache(Path(str(cfg.audio.cache_dir)).expanduser(), target_sr=int(cfg.audio.sample_rate))
+    if is_global_zero:
+        items = [("train", rid, data_root.audio_path("train", rid)) for rid in train_ids]
+        items += [("test", rid, data_root.audio_path("test", rid)) for rid in test_ids]
+        cache.build(items, workers=int(cfg.audio.workers), expected_sr=int(data.native_sample_rate),
+                    expected_duration_s=float(data.duration_s), downmix=bool(cfg.audio.downmix),
+                    allow_resample_other_rates=bool(cfg.audio.allow_other_rates))
+
+    folds = load_or_make_folds(workspace / "folds.csv", train_ids, boxes, scheme.n_classes,
+                               int(cfg.folds), int(cfg.seed))
+    fold_of = folds.set_index("recording_id").loc[train_ids, "fold"].to_numpy()
+    train = RecordingSet("train", tuple(train_ids), BoxIndex.from_frame(boxes, train_ids))
+
+    test_truth = train_truth = None
+    if data.get("labels"):
+        test_truth = load_clip_labels(Path(str(data.labels)), test_ids, species)
+    elif data.kind == "synthetic":
+        test_truth = load_clip_labels(root / "truth" / "test_labels.csv", test_ids, species)
+        train_truth = load_clip_labels(root / "truth" / "train_labels.csv", train_ids, species)
+
+    return StageContext(cfg=cfg, workspace=workspace, data_root=data_root, scheme=scheme, boxes=boxes,
+                        train=train, test_ids=list(test_ids), cache=cache, fold_of_recording=fold_of,
+                        species=species, prior=class_prior(cfg, len(species)), test_truth=test_truth,
+                        train_truth=train_truth, is_global_zero=is_global_zero)

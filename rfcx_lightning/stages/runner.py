@@ -1,0 +1,178 @@
+"""The K-fold stage runner shared by every stage: train each fold, predict out of fold and test, merge.
+
+Per fold: ``fit`` (resuming from ``last.ckpt`` if a previous run died mid-fold), then framewise
+predictions of the held-out train recordings and of every test recording, each gathered across DDP ranks
+by :class:`~rfcx_lightning.inference.ShardedPredictionWriter`. ``state.json`` marks a fold ``trained`` and
+then ``done`` only after its files exist, so a rerun skips finished work and redoes nothing else.
+
+After the last fold rank 0 writes the stage outputs (OOF framewise + ``oof.csv``, fold-mean test
+framewise + ``submission.csv``) and scores them against clip labels when they are known.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from ..checkpointing import AtomicCheckpointIO
+from ..data.datamodule import FoldDataModule
+from ..inference import ShardedPredictionWriter
+from ..loggers import build_logger
+from ..metrics import lwlrap, prior_baseline_lwlrap
+from ..workspace import RunState, read_npz, write_csv, write_npz
+from .base import StageModule
+from .context import StageContext
+
+log = logging.getLogger(__name__)
+
+
+class KFoldStage:
+    """Subclasses set ``name`` and ``module_class`` (and may override the datamodule or module builders)."""
+
+    name: str = "stage"
+    module_class: type[StageModule] = StageModule
+
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.state = RunState(ctx.workspace, writable=ctx.is_global_zero)
+        self.dir = ctx.workspace / self.name
+
+    # -- builders (override in a stage to change targets or data) --------------------------------------
+    def build_module(self) -> StageModule:
+        cfg = self.cfg
+        container = OmegaConf.to_container(cfg, resolve=True)
+        return self.module_class(n_classes=self.ctx.scheme.n_classes, model=container["model"],
+                                 optim=container["optim"], augment=container["augment"],
+                                 loss=container["loss"], predict=container["predict"])
+
+    def build_datamodule(self, fold: int) -> FoldDataModule:
+        cfg, ctx = self.cfg, self.ctx
+        held_out = [rid for rid, f in zip(ctx.train.recording_ids, ctx.fold_of_recording) if f == fold]
+        return FoldDataModule(
+            ctx.cache, ctx.train, ctx.fold_of_recording, fold, n_classes=ctx.scheme.n_classes,
+            crop_seconds=float(cfg.crops.seconds), label_hz=float(cfg.crops.label_hz),
+            sample_rate=int(cfg.audio.sample_rate), duration_s=float(cfg.data.duration_s),
+            batch_size=int(cfg.loader.batch_size), predict_batch_size=int(cfg.loader.predict_batch_size),
+            num_workers=int(cfg.loader.num_workers), tp_repeat=int(cfg.crops.get("tp_repeat", 1)),
+            predict_sets={"oof": ("train", held_out), "test": ("test", ctx.test_ids)})
+
+    def build_trainer(self, fold: int, fold_dir: Path, writer: ShardedPredictionWriter) -> pl.Trainer:
+        checkpoint = ModelCheckpoint(dirpath=str(fold_dir / "checkpoints"), filename="best",
+                                     monitor="val/masked_auroc", mode="max", save_top_k=1, save_last=True)
+        trainer_kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+        return pl.Trainer(**trainer_kwargs, default_root_dir=str(fold_dir),
+                          logger=build_logger(self.cfg.logger, self.ctx.workspace, self.name, f"fold{fold}"),
+                          callbacks=[checkpoint, writer], plugins=[AtomicCheckpointIO()])
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        stage_state = self.state.stage(self.name)
+        stage_state["config"] = OmegaConf.to_container(self.cfg, resolve=True)
+        self.state.save()
+        for fold in range(self.ctx.n_folds):
+            if self.state.fold_done(self.name, fold):
+                log.info("%s fold %d: done in an earlier run, skipped", self.name, fold)
+                continue
+            self.run_fold(fold)
+        return self.finalize() if self.ctx.is_global_zero else {}
+
+    def run_fold(self, fold: int) -> None:
+        fold_dir = self.dir / f"fold{fold}"
+        last = fold_dir / "checkpoints" / "last.ckpt"
+        pl.seed_everything(int(self.cfg.seed) + fold, workers=True, verbose=False)
+        writer = ShardedPredictionWriter()
+        trainer = self.build_trainer(fold, fold_dir, writer)
+        datamodule, module = self.build_datamodule(fold), self.build_module()
+        fold_state = self.state.fold(self.name, fold)
+        predict_ckpt = None
+        if fold_state.get("status") != "trained":
+            started = time.time()
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self.state.update_fold(self.name, fold, status="trained", checkpoint=self.state.relative(last),
+                                   metrics=metrics, train_seconds=round(time.time() - started, 1))
+        else:
+            predict_ckpt = str(last)
+        outputs = {}
+        for name in ("oof", "test"):
+            split, ids = datamodule.predict_sets[name]
+            datamodule.predict_name = name
+            writer.start(fold_dir / f"{name}.npz", ids)
+            trainer.predict(module, datamodule=datamodule, ckpt_path=predict_ckpt, return_predictions=False)
+            outputs[name] = self.state.relative(writer.finish(trainer))
+        self.state.update_fold(self.name, fold, status="done", **outputs)
+
+    # -- outputs ----------------------------------------------------------------------------------------
+    def finalize(self) -> dict[str, Any]:
+        ctx = self.ctx
+        train_ids = list(ctx.train.recording_ids)
+        folds = [self.state.fold(self.name, k) for k in range(ctx.n_folds)]
+        oof_parts = [read_npz(self.state.resolve(f["oof"])) for f in folds]
+        test_parts = [read_npz(self.state.resolve(f["test"])) for f in folds]
+
+        oof_ids = np.concatenate([p["recording_id"] for p in oof_parts])
+        position = {rid: i for i, rid in enumerate(train_ids)}
+        order = np.argsort([position[r] for r in oof_ids])
+        if sorted(oof_ids.tolist()) != sorted(train_ids):
+            raise RuntimeError("out-of-fold predictions do not cover every train recording exactly once")
+        oof_fold = np.concatenate([np.full(len(p["recording_id"]), k) for k, p in enumerate(oof_parts)])[order]
+        oof_clip = np.concatenate([p["clip"] for p in oof_parts])[order]
+        oof_frames = np.concatenate([p["framewise"] for p in oof_parts])[order]
+        test_clip = np.mean([p["clip"] for p in test_parts], axis=0)
+        test_frames = np.mean([p["framewise"].astype(np.float32) for p in test_parts], axis=0).astype(np.float16)
+
+        fps = self._output_frames_per_second(oof_frames.shape[-1])
+        write_npz(self.dir / "oof_framewise.npz", recording_id=np.asarray(train_ids), fold=oof_fold,
+                  framewise=oof_frames, clip=oof_clip, frames_per_second=np.float32(fps))
+        write_npz(self.dir / "test_framewise.npz", recording_id=np.asarray(ctx.test_ids),
+                  framewise=test_frames, clip=test_clip, frames_per_second=np.float32(fps))
+
+        species_cols = [f"s{s}" for s in ctx.species]
+        oof_species = ctx.scheme.to_species_scores(oof_clip)
+        test_species = ctx.scheme.to_species_scores(test_clip)
+        oof_csv = pd.DataFrame(oof_species, columns=species_cols)
+        oof_csv.insert(0, "fold", oof_fold)
+        oof_csv.insert(0, "recording_id", train_ids)
+        submission = pd.DataFrame(test_species, columns=species_cols)
+        submission.insert(0, "recording_id", ctx.test_ids)
+        write_csv(self.dir / "oof.csv", oof_csv)
+        write_csv(self.dir / "submission.csv", submission)
+        for name in ("oof.csv", "submission.csv"):  # the newest stage's outputs at the workspace top
+            write_csv(ctx.workspace / name, pd.read_csv(self.dir / name, dtype={"recording_id": str}))
+
+        scores = self.score(test_species, oof_species)
+        stage_state = self.state.stage(self.name)
+        stage_state["outputs"] = {k: self.state.relative(self.dir / k) for k in
+                                  ("oof.csv", "submission.csv", "oof_framewise.npz", "test_framewise.npz")}
+        stage_state["metrics"] = scores
+        self.state.save()
+        return scores
+
+    def _output_frames_per_second(self, n_frames: int) -> float:
+        return n_frames / float(self.cfg.data.duration_s)
+
+    def score(self, test_species: np.ndarray, oof_species: np.ndarray) -> dict[str, float]:
+        """LWLRAP of the submission (and OOF) against known clip labels, next to the prior-only baseline."""
+        ctx, scores = self.ctx, {}
+        cols = [f"s{s}" for s in ctx.species]
+        for split, truth, pred in (("test", ctx.test_truth, test_species), ("oof", ctx.train_truth, oof_species)):
+            if truth is None:
+                continue
+            y = truth[cols].to_numpy() > 0
+            scores[f"{split}_lwlrap"] = float(lwlrap(pred, y))
+            if ctx.prior is not None:
+                scores[f"{split}_prior_lwlrap"] = float(prior_baseline_lwlrap(y, ctx.prior))
+        if scores:
+            lines = [f"{self.name} scores (LWLRAP against the clip labels):"]
+            lines += [f"  {k:<22} {v:.4f}" for k, v in scores.items()]
+            print("\n".join(lines), flush=True)
+        return scores

@@ -1,0 +1,135 @@
+"""The workspace: every output of a run, written atomically, plus ``state.json`` saying what is finished.
+
+A run can die at any moment (pre-emption, OOM, Ctrl-C). Two rules make that harmless:
+
+* every file is written to a temporary name in the same folder and renamed into place (``os.replace`` is
+  atomic on POSIX), so a reader never sees half a file;
+* ``state.json`` is the single source of truth for what finished: a fold is marked done only after its
+  predictions are on disk, so a rerun skips exactly the finished work and redoes nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+STATE_FILE = "state.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block finishes without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame, float_format: str | None = "%.6f") -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format=float_format)
+    return Path(path)
+
+
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """``np.savez`` to a temp name (through a file object, so numpy does not append ``.npz``) and rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    return Path(path)
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class RunState:
+    """``state.json``: what ran, with which config, per-fold status and metrics, and where outputs are.
+
+    Paths inside are stored relative to the workspace so a workspace can be moved or copied.
+    Only global rank 0 writes; every rank reads the same file at start-up and so skips the same folds.
+    """
+
+    def __init__(self, workspace: str | os.PathLike, writable: bool = True):
+        self.workspace = Path(workspace)
+        self.path = self.workspace / STATE_FILE
+        self.writable = writable
+        self.data: dict[str, Any] = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"version": 1, "stages": {}}
+        try:
+            return json.loads(self.path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{self.path} is not valid JSON ({err}); it is written atomically, so it was "
+                             "edited by hand or by another tool. Fix or delete it.") from err
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].setdefault(name, {"folds": {}, "outputs": {}, "metrics": {}})
+
+    def fold(self, stage: str, fold: int) -> dict[str, Any]:
+        return self.stage(stage)["folds"].setdefault(str(fold), {"status": "pending"})
+
+    def fold_done(self, stage: str, fold: int) -> bool:
+        return self.fold(stage, fold).get("status") == "done"
+
+    def relative(self, path: str | os.PathLike) -> str:
+        path = Path(path)
+        try:
+            return str(path.resolve().relative_to(self.workspace.resolve()))
+        except ValueError:
+            return str(path)
+
+    def resolve(self, stored: str) -> Path:
+        path = Path(stored)
+        return path if path.is_absolute() else self.workspace / path
+
+    def update_fold(self, stage: str, fold: int, **fields: Any) -> None:
+        self.fold(stage, fold).update(fields)
+        self.save()
+
+    def save(self) -> None:
+        if not self.writable:
+            return
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(self.path, self.data)
+

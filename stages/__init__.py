@@ -1,0 +1,1 @@
+"""Stage recipes: one Hydra YAML per stage. Installed as the package ``rfcx_lightning.recipes``."""

@@ -1,0 +1,36 @@
+"""Shared fixtures: one tiny synthetic data root per test session, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# the smoke preset's data set, generated once per session and shared by the end-to-end tests
+SMOKE_DATA = dict(n_train=12, n_test=6, seed=0, difficulty="medium", tp_per_species=2)
+
+
+@pytest.fixture(scope="session")
+def smoke_data_root(tmp_path_factory) -> Path:
+    from rfcx_lightning.data.synthetic import SyntheticConfig, ensure_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    return ensure_synthetic(root, SyntheticConfig(**SMOKE_DATA), workers=2, progress=False)
+
+
+def smoke_args(workspace: Path, data_root: Path, *extra: str) -> list[str]:
+    return ["stage=bootstrap", "preset=smoke", f"workspace={workspace}", f"data.root={data_root}",
+            f"audio.cache_dir={data_root.parent / 'cache'}", *extra]
+
+
+def run_cli_subprocess(args: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m rfcx_lightning.run ARGS`` in a fresh interpreter (needed for DDP, which re-executes it)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "rfcx_lightning.run", *args], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
