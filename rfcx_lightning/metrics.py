@@ -117,7 +117,7 @@ class LWLRAP(Metric):
         self.target.append(target.detach().to(torch.uint8))
 
     def compute(self) -> Tensor:
-        if not self.preds:
+        if isinstance(self.preds, list) and not self.preds:  # after a DDP sync states are tensors
             return torch.tensor(float("nan"))
         value = lwlrap(dim_zero_cat(self.preds), dim_zero_cat(self.target))
         return torch.tensor(value, dtype=torch.float32)
@@ -152,7 +152,7 @@ class MaskedFrameAUROC(Metric):
         self.labels.append((targets.detach()[labeled] >= 0.5).to(torch.long))
 
     def compute(self) -> Tensor:
-        if not self.scores:
+        if isinstance(self.scores, list) and not self.scores:  # after a DDP sync states are tensors
             return torch.tensor(0.5)
         scores = dim_zero_cat(self.scores)
         labels = dim_zero_cat(self.labels)

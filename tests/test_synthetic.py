@@ -4,7 +4,6 @@ determinism, statistics, reuse and atomicity. CPU only; one small data set is sh
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from rfcx_lightning.data.synthetic import (
     plan_dataset,
 )
 
-SMALL = SyntheticConfig(n_train=12, n_test=6, seed=3, tp_per_species=3)
+SMALL = SyntheticConfig(n_train=12, n_test=6, seed=3, tp_per_species=2)
 ANNOTATION_COLUMNS = ["recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max"]
 SPECIES_COLUMNS = [f"s{k}" for k in range(24)]
 
@@ -71,7 +70,8 @@ def test_layout_and_columns(root):
     assert set(conf["label"]) <= {"fp", "none"} and "kind" in conf.columns
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["format_version"] == synthetic.FORMAT_VERSION
-    assert manifest["config"]["n_train"] == SMALL.n_train and manifest["config"]["tp_per_species"] == 3
+    assert manifest["config"]["n_train"] == SMALL.n_train
+    assert manifest["config"]["tp_per_species"] == SMALL.tp_per_species
     with pytest.raises(ValueError):
         load_truth(root, "valid")
 
@@ -267,10 +267,10 @@ def test_ensure_synthetic_reuses_and_refuses_a_mismatch(root, monkeypatch):
     assert ensure_synthetic(root, SMALL, progress=False) == root
     assert (root / "manifest.json").read_bytes() == manifest
     with pytest.raises(ValueError) as err:
-        ensure_synthetic(root, SyntheticConfig(n_train=13, n_test=6, seed=3, tp_per_species=3))
+        ensure_synthetic(root, SyntheticConfig(n_train=13, n_test=6, seed=3, tp_per_species=2))
     assert str(root) in str(err.value) and "n_train" in str(err.value)
     with pytest.raises(ValueError, match="difficulty"):
-        ensure_synthetic(root, SyntheticConfig(n_train=12, n_test=6, seed=3, tp_per_species=3, difficulty="hard"))
+        ensure_synthetic(root, SyntheticConfig(n_train=12, n_test=6, seed=3, tp_per_species=2, difficulty="hard"))
 
 
 def test_ensure_synthetic_generates_once_and_default_tp_matches(tmp_path):

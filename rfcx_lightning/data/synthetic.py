@@ -765,7 +765,8 @@ def _synth_call(song: SongSpec, n: int, sr: int, pitch: float, rng: np.random.Ge
     if song.shape == "whistle":
         drift = rng.uniform(-1, 1)
         rate = song.fm_rate * rng.uniform(0.9, 1.1)
-        rel = song.fm_depth * (0.7 * np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi)) + 0.3 * drift * (2 * u - 1))
+        vibrato = np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi))
+        rel = song.fm_depth * (0.7 * vibrato + 0.3 * drift * (2 * u - 1))
         x = np.sin(_phase(pitch * song.f_a * (1 + rel), sr, ph0)) * _fade(n, int(0.04 * sr))
     elif song.shape == "sweep":
         gamma = rng.uniform(0.85, 1.15)
