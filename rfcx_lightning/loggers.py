@@ -13,6 +13,15 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 
+def free_version(folder: Path, run_name: str) -> str:
+    """``run_name``, or ``run_name-1``, ``-2``... if a killed run already logged there (resume keeps old logs)."""
+    version, n = run_name, 0
+    while (folder / version).exists():
+        n += 1
+        version = f"{run_name}-{n}"
+    return version
+
+
 def build_logger(cfg: DictConfig, workspace: Path, stage: str, run_name: str):
     kind = cfg.kind
     save_dir = workspace / "logs"
@@ -20,11 +29,12 @@ def build_logger(cfg: DictConfig, workspace: Path, stage: str, run_name: str):
     if kind == "csv":
         from pytorch_lightning.loggers import CSVLogger
 
-        return CSVLogger(save_dir=str(save_dir), name=stage, version=run_name)
+        return CSVLogger(save_dir=str(save_dir), name=stage, version=free_version(save_dir / stage, run_name))
     if kind == "tensorboard":
         from pytorch_lightning.loggers import TensorBoardLogger
 
-        return TensorBoardLogger(save_dir=str(save_dir), name=stage, version=run_name)
+        return TensorBoardLogger(save_dir=str(save_dir), name=stage,
+                                 version=free_version(save_dir / stage, run_name))
     if kind == "wandb":
         from pytorch_lightning.loggers import WandbLogger
 

@@ -72,3 +72,17 @@ def test_fold_split_uses_disjoint_recordings(tiny_set):
     val_rows = dm.val_dataset().anchors
     assert sorted(set(train_rows)) == [0, 1] and list(val_rows) == [2]
     assert (train_rows == 0).sum() == 3                                   # TP row repeated
+
+
+def test_epoch_sampler_keeps_every_tp_and_redraws_fp():
+    from rfcx_lightning.data.datamodule import TPFPEpochSampler
+
+    is_tp = np.array([True] * 4 + [False] * 20)
+    sampler = TPFPEpochSampler(is_tp, fp_fraction=0.25, seed=1)
+    first, second = list(sampler), list(sampler)
+    assert len(first) == len(sampler) == 9
+    for epoch in (first, second):
+        assert set(range(4)) <= set(epoch) and len(set(epoch)) == 9
+    assert set(first) != set(second)                                   # FP subset redrawn
+    again = TPFPEpochSampler(is_tp, fp_fraction=0.25, seed=1)
+    assert list(again) == first                                        # same on every rank

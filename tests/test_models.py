@@ -180,3 +180,15 @@ def test_detector_under_bf16_autocast_keeps_float32_spectrogram():
         out = model.forward_spectrogram(spec)
     assert spec.dtype == torch.float32
     assert torch.isfinite(out["framewise_logits"].float()).all()
+
+
+def test_flatten_head_keeps_frequency_rows_as_channels():
+    """freq_pool='flatten' sees where in frequency a pattern is; its input width is F x f'."""
+    model = SpeciesDetector(5, backbone="mobilenetv3_small_050",
+                            frontend=dict(n_mels=64, n_fft=512, hop_length=320),
+                            head_kwargs=dict(freq_pool="flatten"))
+    rows = model._backbone_freq_rows()
+    assert rows == 2
+    assert model.head.classifier[-1].in_channels == backbone_num_features(model.backbone) * rows
+    out = model(torch.randn(2, 32000))
+    assert out["framewise_logits"].shape[:2] == (2, 5) and out["clip_logits"].shape == (2, 5)

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .audio import AudioCache
 from .labels import BoxIndex, frame_targets
@@ -113,6 +113,31 @@ def box_anchors(boxes: BoxIndex, recording_mask: np.ndarray, tp_repeat: int = 1)
     return rows
 
 
+class TPFPEpochSampler(Sampler[int]):
+    """Each epoch: every TP anchor plus a fresh random share ``fp_fraction`` of the FP anchors, shuffled.
+
+    FP boxes outnumber TP boxes ~6:1, and on a small compute budget most of an epoch would go to
+    negatives. Redrawing the FP subset every epoch keeps all of them in play over training. The
+    generator is seeded by (seed, epoch), so every DDP rank draws the same list before Lightning's
+    ``DistributedSamplerWrapper`` splits it.
+    """
+
+    def __init__(self, is_tp: np.ndarray, fp_fraction: float, seed: int = 0):
+        self.tp = np.flatnonzero(is_tp)
+        self.fp = np.flatnonzero(~np.asarray(is_tp, bool))
+        self.n_fp = int(round(len(self.fp) * min(1.0, max(0.0, fp_fraction))))
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.tp) + self.n_fp
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        chosen = np.concatenate([self.tp, rng.choice(self.fp, self.n_fp, replace=False)])
+        return iter(rng.permutation(chosen).tolist())
+
+
 class FoldDataModule(pl.LightningDataModule):
     """Train/validation crops for one fold, and whole-recording prediction sets.
 
@@ -123,7 +148,7 @@ class FoldDataModule(pl.LightningDataModule):
     def __init__(self, cache: AudioCache, train: RecordingSet, fold_of_recording: np.ndarray, fold: int,
                  n_classes: int, crop_seconds: float, label_hz: float, sample_rate: int, duration_s: float,
                  batch_size: int, predict_batch_size: int, num_workers: int, tp_repeat: int = 1,
-                 predict_sets: dict[str, tuple[str, Sequence[str]]] | None = None):
+                 fp_fraction: float = 1.0, seed: int = 0, predict_sets: dict[str, tuple[str, Sequence[str]]] | None = None):
         super().__init__()
         self.cache = cache
         self.train_set = train
@@ -137,6 +162,8 @@ class FoldDataModule(pl.LightningDataModule):
         self.predict_batch_size = predict_batch_size
         self.num_workers = num_workers
         self.tp_repeat = tp_repeat
+        self.fp_fraction = fp_fraction
+        self.seed = seed
         self.predict_sets = dict(predict_sets or {})
         self.predict_name: str | None = None
 
@@ -164,8 +191,13 @@ class FoldDataModule(pl.LightningDataModule):
         dataset = self.train_dataset()
         if len(dataset) == 0:
             raise ValueError(f"fold {self.fold}: no TP/FP boxes in the training recordings")
-        drop_last = len(dataset) > self.batch_size  # avoid a 1-item batch (BatchNorm) when there is enough
-        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop_last)
+        sampler = None
+        if self.fp_fraction < 1.0:
+            is_tp = self.train_set.boxes.is_tp[dataset.anchors]
+            sampler = TPFPEpochSampler(is_tp, self.fp_fraction, seed=self.seed + self.fold)
+        n_items = len(sampler) if sampler is not None else len(dataset)
+        drop_last = n_items > self.batch_size  # avoid a 1-item batch (BatchNorm) when there is enough
+        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop_last, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         dataset = self.val_dataset()

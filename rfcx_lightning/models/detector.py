@@ -43,7 +43,10 @@ class SpeciesDetector(nn.Module):
             backbone, in_chans=self.frontend.out_channels, pretrained_path=pretrained_path,
             **(backbone_kwargs or {}),
         )
-        self.head = build_head(head, backbone_num_features(self.backbone), self.n_classes, **(head_kwargs or {}))
+        head_kwargs = dict(head_kwargs or {})
+        if head_kwargs.get("freq_pool") == "flatten":
+            head_kwargs["freq_rows"] = self._backbone_freq_rows()
+        self.head = build_head(head, backbone_num_features(self.backbone), self.n_classes, **head_kwargs)
         self._frames_cache: dict[int, int] = {}
 
     @property
@@ -56,6 +59,16 @@ class SpeciesDetector(nn.Module):
         if self.spec_augment is not None and self.training:
             spec = self.spec_augment(spec)
         return spec
+
+    @torch.no_grad()
+    def _backbone_freq_rows(self) -> int:
+        """Frequency rows f' the backbone leaves of n_mels (a dry run in eval mode, so BN stats are untouched)."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        probe = torch.zeros(1, self.frontend.out_channels, self.frontend.n_mels, 64)
+        rows = int(self.backbone.forward_features(probe).shape[2])
+        self.backbone.train(was_training)
+        return rows
 
     def forward_spectrogram(self, spec: Tensor) -> dict[str, Tensor]:
         """Backbone + head on a front-end output (B, Ch, n_mels, T)."""

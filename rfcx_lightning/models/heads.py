@@ -19,8 +19,15 @@ class FramewiseHead(nn.Module):
     `hidden` adds one 1x1 conv + ReLU before the classifier, for a little capacity per frame.
     """
 
-    def __init__(self, in_features: int, n_classes: int, dropout: float = 0.2, hidden: int | None = None):
+    def __init__(self, in_features: int, n_classes: int, dropout: float = 0.2, hidden: int | None = None,
+                 freq_pool: str = "mean", freq_rows: int = 1):
         super().__init__()
+        if freq_pool not in ("mean", "flatten"):
+            raise ValueError(f"freq_pool={freq_pool!r}: choose 'mean' or 'flatten'")
+        # "flatten" keeps the backbone's f' frequency rows as separate channels (band-aware: the classifier
+        # sees where in frequency a pattern is, which a mean over frequency throws away)
+        self.freq_pool = freq_pool
+        in_features = in_features * (freq_rows if freq_pool == "flatten" else 1)
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         width = in_features
         if hidden:
@@ -30,7 +37,8 @@ class FramewiseHead(nn.Module):
         self.classifier = nn.Sequential(*layers)
 
     def forward(self, feat: Tensor) -> tuple[Tensor, Tensor]:
-        framewise = self.classifier(feat.mean(dim=2))  # (B, C, t')
+        pooled = feat.flatten(1, 2) if self.freq_pool == "flatten" else feat.mean(dim=2)
+        framewise = self.classifier(pooled)  # (B, C, t')
         return framewise, framewise.amax(dim=-1)
 
 

@@ -27,6 +27,7 @@ from ..data.datamodule import FoldDataModule
 from ..inference import ShardedPredictionWriter
 from ..loggers import build_logger
 from ..metrics import lwlrap, prior_baseline_lwlrap
+from ..postprocess import odds_scale_to_prior
 from ..workspace import RunState, read_npz, write_csv, write_npz
 from .base import StageModule
 from .context import StageContext
@@ -63,6 +64,7 @@ class KFoldStage:
             sample_rate=int(cfg.audio.sample_rate), duration_s=float(cfg.data.duration_s),
             batch_size=int(cfg.loader.batch_size), predict_batch_size=int(cfg.loader.predict_batch_size),
             num_workers=int(cfg.loader.num_workers), tp_repeat=int(cfg.crops.get("tp_repeat", 1)),
+            fp_fraction=float(cfg.crops.get("fp_fraction", 1.0)), seed=int(cfg.seed),
             predict_sets={"oof": ("train", held_out), "test": ("test", ctx.test_ids)})
 
     def build_trainer(self, fold: int, fold_dir: Path, writer: ShardedPredictionWriter) -> pl.Trainer:
@@ -142,17 +144,21 @@ class KFoldStage:
         oof_csv = pd.DataFrame(oof_species, columns=species_cols)
         oof_csv.insert(0, "fold", oof_fold)
         oof_csv.insert(0, "recording_id", train_ids)
-        submission = pd.DataFrame(test_species, columns=species_cols)
-        submission.insert(0, "recording_id", ctx.test_ids)
         write_csv(self.dir / "oof.csv", oof_csv)
-        write_csv(self.dir / "submission.csv", submission)
-        for name in ("oof.csv", "submission.csv"):  # the newest stage's outputs at the workspace top
+        calibrated = self.calibrate(test_species)
+        for name, scores_ in (("submission_raw.csv", test_species), ("submission.csv", calibrated)):
+            submission = pd.DataFrame(scores_, columns=species_cols)
+            submission.insert(0, "recording_id", ctx.test_ids)
+            write_csv(self.dir / name, submission)
+        outputs = ("oof.csv", "submission.csv", "submission_raw.csv")
+        for name in outputs:  # the newest stage's outputs at the workspace top
             write_csv(ctx.workspace / name, pd.read_csv(self.dir / name, dtype={"recording_id": str}))
 
-        scores = self.score(test_species, oof_species)
+        scores = self.score({"test": calibrated, "test_raw": test_species,
+                             "oof": self.calibrate(oof_species), "oof_raw": oof_species})
         stage_state = self.state.stage(self.name)
         stage_state["outputs"] = {k: self.state.relative(self.dir / k) for k in
-                                  ("oof.csv", "submission.csv", "oof_framewise.npz", "test_framewise.npz")}
+                                  outputs + ("oof_framewise.npz", "test_framewise.npz")}
         stage_state["metrics"] = scores
         self.state.save()
         return scores
@@ -160,19 +166,27 @@ class KFoldStage:
     def _output_frames_per_second(self, n_frames: int) -> float:
         return n_frames / float(self.cfg.data.duration_s)
 
-    def score(self, test_species: np.ndarray, oof_species: np.ndarray) -> dict[str, float]:
-        """LWLRAP of the submission (and OOF) against known clip labels, next to the prior-only baseline."""
+    def calibrate(self, species_scores: np.ndarray) -> np.ndarray:
+        """Odds scaling toward the class prior (``postprocess.odds_to_prior``); identity when off or no prior."""
+        if self.ctx.prior is None or not self.cfg.postprocess.get("odds_to_prior", False):
+            return species_scores
+        return odds_scale_to_prior(species_scores, self.ctx.prior)
+
+    def score(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+        """LWLRAP of each prediction set against known clip labels, next to the prior-only baseline."""
         ctx, scores = self.ctx, {}
         cols = [f"s{s}" for s in ctx.species]
-        for split, truth, pred in (("test", ctx.test_truth, test_species), ("oof", ctx.train_truth, oof_species)):
-            if truth is None:
+        truths = {"test": ctx.test_truth, "oof": ctx.train_truth}
+        for name, pred in predictions.items():
+            split = name.split("_")[0]
+            if truths[split] is None:
                 continue
-            y = truth[cols].to_numpy() > 0
-            scores[f"{split}_lwlrap"] = float(lwlrap(pred, y))
-            if ctx.prior is not None:
+            y = truths[split][cols].to_numpy() > 0
+            scores[f"{name}_lwlrap"] = float(lwlrap(pred, y))
+            if ctx.prior is not None and f"{split}_prior_lwlrap" not in scores:
                 scores[f"{split}_prior_lwlrap"] = float(prior_baseline_lwlrap(y, ctx.prior))
         if scores:
-            lines = [f"{self.name} scores (LWLRAP against the clip labels):"]
+            lines = [f"{self.name} scores (LWLRAP against the clip labels; *_raw: before odds scaling):"]
             lines += [f"  {k:<22} {v:.4f}" for k, v in scores.items()]
             print("\n".join(lines), flush=True)
         return scores
