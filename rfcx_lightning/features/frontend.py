@@ -51,7 +51,7 @@ class _FFTPowerSpectrogram(nn.Module):
     """|STFT|^2 with ``torch.stft`` (hann window, centred, reflect padding): (B, N) -> (B, 1, T, n_fft//2+1).
 
     The same framing and output as torchlibrosa's ``Spectrogram``, which computes the DFT as a Conv1d
-    with n_fft x n_fft kernels; an FFT does that work in O(n log n) and measured ~4x faster on CPU
+    with n_fft x n_fft kernels; an FFT does that work in O(n log n) and measured 3x faster on CPU
     (BENCHMARKS.md), so it is the default STFT of the torchlibrosa backend (``stft="conv"`` keeps theirs).
     """
 
