@@ -8,6 +8,7 @@ exist, so they only open them.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,22 @@ def resolve_data_root(cfg: DictConfig, is_global_zero: bool) -> Path:
                              tp_per_species=data.get("tp_per_species"))
     if is_global_zero:
         ensure_synthetic(root, config, workers=int(data.get("workers", 1)))
+    else:
+        wait_for(lambda: (root / "manifest.json").exists(), f"synthetic data at {root}")
     return root
+
+
+def wait_for(ready, what: str, timeout_s: float = 3600.0, poll_s: float = 2.0) -> None:
+    """Block a non-zero rank until rank 0 has prepared ``what``.
+
+    Lightning's own DDP launcher starts the other ranks only when rank 0 reaches ``fit`` (everything is
+    ready then); launchers that start all ranks at once (torchrun, SLURM) need this wait.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to prepare {what}")
+        time.sleep(poll_s)
 
 
 def class_prior(cfg: DictConfig, n_species: int) -> np.ndarray | None:
@@ -115,6 +131,9 @@ def prepare_context(cfg: DictConfig) -> StageContext:
         cache.build(items, workers=int(cfg.audio.workers), expected_sr=int(data.native_sample_rate),
                     expected_duration_s=float(data.duration_s), downmix=bool(cfg.audio.downmix),
                     allow_resample_other_rates=bool(cfg.audio.allow_other_rates))
+    else:
+        wait_for(lambda: all(cache.has("train", r) for r in train_ids) and
+                 all(cache.has("test", r) for r in test_ids), f"the audio cache at {cache.root}")
 
     folds = load_or_make_folds(workspace / "folds.csv", train_ids, boxes, scheme.n_classes,
                                int(cfg.folds), int(cfg.seed))
