@@ -33,6 +33,11 @@ class RecordingSet:
     boxes: BoxIndex
 
 
+def box_recordings(boxes: BoxIndex) -> np.ndarray:
+    """Recording index of every box row of a CSR box index (so item look-ups are pure array indexing)."""
+    return np.repeat(np.arange(len(boxes.recording_ids)), np.diff(boxes.offsets))
+
+
 class BoxCropDataset(Dataset):
     """Crops around TP/FP boxes: item ``i`` is anchored on box row ``anchors[i]`` of ``recordings.boxes``.
 
@@ -53,9 +58,7 @@ class BoxCropDataset(Dataset):
         self.sample_rate = sample_rate
         self.duration_s = float(duration_s)
         self.jitter = jitter
-        boxes = recordings.boxes
-        # recording index of every box row, so __getitem__ is pure array look-ups
-        self._box_recording = np.repeat(np.arange(len(boxes.recording_ids)), np.diff(boxes.offsets))
+        self._box_recording = box_recordings(recordings.boxes)
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -105,8 +108,7 @@ class RecordingDataset(Dataset):
 
 def box_anchors(boxes: BoxIndex, recording_mask: np.ndarray, tp_repeat: int = 1) -> np.ndarray:
     """Box rows of the selected recordings; TP rows repeated ``tp_repeat`` times (FP rows outnumber them ~6x)."""
-    box_recording = np.repeat(np.arange(len(boxes.recording_ids)), np.diff(boxes.offsets))
-    rows = np.flatnonzero(recording_mask[box_recording])
+    rows = np.flatnonzero(recording_mask[box_recordings(boxes)])
     if tp_repeat > 1:
         tp_rows = rows[boxes.is_tp[rows]]
         rows = np.concatenate([rows] + [tp_rows] * (tp_repeat - 1))
