@@ -144,15 +144,15 @@ class KFoldStage:
         oof_csv = pd.DataFrame(oof_species, columns=species_cols)
         oof_csv.insert(0, "fold", oof_fold)
         oof_csv.insert(0, "recording_id", train_ids)
-        write_csv(self.dir / "oof.csv", oof_csv)
         calibrated = self.calibrate(test_species)
-        for name, scores_ in (("submission_raw.csv", test_species), ("submission.csv", calibrated)):
-            submission = pd.DataFrame(scores_, columns=species_cols)
-            submission.insert(0, "recording_id", ctx.test_ids)
-            write_csv(self.dir / name, submission)
-        outputs = ("oof.csv", "submission.csv", "submission_raw.csv")
-        for name in outputs:  # the newest stage's outputs at the workspace top
-            write_csv(ctx.workspace / name, pd.read_csv(self.dir / name, dtype={"recording_id": str}))
+        tables = {"oof.csv": oof_csv}
+        for name, scores_ in (("submission.csv", calibrated), ("submission_raw.csv", test_species)):
+            tables[name] = pd.DataFrame(scores_, columns=species_cols)
+            tables[name].insert(0, "recording_id", ctx.test_ids)
+        for name, table in tables.items():  # in the stage folder, and the newest stage's at the workspace top
+            write_csv(self.dir / name, table)
+            write_csv(ctx.workspace / name, table)
+        outputs = tuple(tables)
 
         scores = self.score({"test": calibrated, "test_raw": test_species,
                              "oof": self.calibrate(oof_species), "oof_raw": oof_species})
