@@ -26,15 +26,11 @@ def build_logger(cfg: DictConfig, workspace: Path, stage: str, run_name: str):
     kind = cfg.kind
     save_dir = workspace / "logs"
     save_dir.mkdir(parents=True, exist_ok=True)
-    if kind == "csv":
-        from pytorch_lightning.loggers import CSVLogger
+    if kind in ("csv", "tensorboard"):
+        from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-        return CSVLogger(save_dir=str(save_dir), name=stage, version=free_version(save_dir / stage, run_name))
-    if kind == "tensorboard":
-        from pytorch_lightning.loggers import TensorBoardLogger
-
-        return TensorBoardLogger(save_dir=str(save_dir), name=stage,
-                                 version=free_version(save_dir / stage, run_name))
+        logger_cls = CSVLogger if kind == "csv" else TensorBoardLogger
+        return logger_cls(save_dir=str(save_dir), name=stage, version=free_version(save_dir / stage, run_name))
     if kind == "wandb":
         from pytorch_lightning.loggers import WandbLogger
 
