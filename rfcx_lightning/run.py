@@ -53,12 +53,11 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 def run(cfg: DictConfig) -> dict:
     """Prepare the data and run the configured stage; returns the stage's scores."""
-    from .stages import STAGES
+    from .stages import stage_class
     from .stages.context import prepare_context
 
     started = time.time()
-    stage_cls = STAGES[cfg.stage.name]
-    stage = stage_cls(prepare_context(cfg))
+    stage = stage_class(cfg.stage.name)(prepare_context(cfg))
     scores = stage.run()
     if stage.ctx.is_global_zero:
         elapsed = round(time.time() - started, 1)

@@ -23,5 +23,5 @@ class BootstrapModule(StageModule):
 class BootstrapStage(KFoldStage):
     """K folds of :class:`BootstrapModule` on TP/FP crops; the data module and runner are the shared ones."""
 
-    name = "bootstrap"
+    kind = "bootstrap"
     module_class = BootstrapModule

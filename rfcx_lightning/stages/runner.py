@@ -36,14 +36,20 @@ log = logging.getLogger(__name__)
 
 
 class KFoldStage:
-    """Subclasses set ``name`` and ``module_class`` (and may override the datamodule or module builders)."""
+    """Subclasses set ``kind`` and ``module_class`` (and may override the datamodule or module builders).
 
-    name: str = "stage"
+    ``kind`` is the stage type (``stage=`` on the command line); ``name`` is this run of it: its folder
+    ``W/<name>/`` and its key in ``state.json``. They are equal for a single run; the round orchestrator
+    passes names such as ``round2_coteach`` so that every round keeps its own folder.
+    """
+
+    kind: str = "stage"
     module_class: type[StageModule] = StageModule
 
-    def __init__(self, ctx: StageContext):
+    def __init__(self, ctx: StageContext, name: str | None = None):
         self.ctx = ctx
         self.cfg = ctx.cfg
+        self.name = name or self.kind
         self.state = RunState(ctx.workspace, writable=ctx.is_global_zero)
         self.dir = ctx.workspace / self.name
 

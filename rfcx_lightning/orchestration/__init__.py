@@ -1,0 +1,1 @@
+"""Orchestration: chaining stages into pseudo-label rounds, leaderboard hooks, plateau stopping."""
