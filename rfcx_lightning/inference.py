@@ -3,7 +3,11 @@
 The network is fully convolutional in time, so a whole 60 s recording goes through in one pass and
 yields one framewise output: no sliding windows, no repeated work on overlaps. ``mode="windows"``
 (overlapping windows, averaged where they overlap) is kept for comparison and for models that need
-a fixed input length.
+a fixed input length. ``mode="multiscale"`` runs several window lengths (``window_seconds`` a list; a
+length >= the recording is one whole pass) and either averages them or, with ``class_scale``, takes each
+class from its own window length: a model trained on 5 s crops may see a 1 s croak best in 5 s windows
+(the per-window normalisation matches training) and an 8 s trill best in whole recordings.
+All modes return the same format on the same frame grid.
 
 Under DDP ``trainer.predict`` only returns the local rank's share. :class:`ShardedPredictionWriter`
 writes one shard per rank, and after a barrier rank 0 merges them, checks that every item appears
@@ -22,19 +26,67 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from .workspace import read_npz, write_npz
 
 
+MODES = ("whole", "windows", "multiscale")
+
+
 @torch.no_grad()
 def predict_framewise(model: torch.nn.Module, wave: torch.Tensor, mode: str = "whole",
-                      window_seconds: float = 10.0, window_hop_seconds: float = 5.0,
-                      sample_rate: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Framewise probabilities (B, C, T) float16 and clip probabilities (B, C) float32 of whole recordings."""
+                      window_seconds: float | Sequence[float] = 10.0, window_hop_seconds: float = 5.0,
+                      sample_rate: int | None = None,
+                      class_scale: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Framewise probabilities (B, C, T) float16 and clip probabilities (B, C) float32 of whole recordings.
+
+    ``multiscale``: ``window_seconds`` lists the window lengths (hop = half a window); ``class_scale``
+    (one window length per class, each in ``window_seconds``) picks each class's scale, else the mean.
+    """
     if mode == "whole":
         out = model(wave)
         framewise = torch.sigmoid(out["framewise_logits"].float())
         clip = torch.sigmoid(out["clip_logits"].float())
         return framewise.half(), clip
     if mode == "windows":
-        return _predict_windows(model, wave, window_seconds, window_hop_seconds, sample_rate)
-    raise ValueError(f"predict.mode={mode!r}: choose 'whole' or 'windows'")
+        return _predict_windows(model, wave, float(window_seconds), window_hop_seconds, sample_rate)
+    if mode == "multiscale":
+        return _predict_multiscale(model, wave, window_seconds, sample_rate, class_scale)
+    raise ValueError(f"predict.mode={mode!r}: choose one of {MODES}")
+
+
+def _predict_multiscale(model, wave, scales, sample_rate, class_scale):
+    scales = [float(s) for s in (scales if isinstance(scales, Sequence) and not isinstance(scales, str) else [scales])]
+    if not scales:
+        raise ValueError("predict.mode=multiscale needs predict.window_seconds to list window lengths")
+    sr = sample_rate or model.frontend.sample_rate
+    outputs = []
+    for seconds in scales:
+        if seconds * sr >= wave.shape[-1]:
+            outputs.append(predict_framewise(model, wave, "whole"))
+        else:
+            outputs.append(_predict_windows(model, wave, seconds, seconds / 2, sr))
+    return combine_scales([f for f, _ in outputs], [c for _, c in outputs], scales, class_scale)
+
+
+def combine_scales(framewise: Sequence[torch.Tensor], clip: Sequence[torch.Tensor], scales: Sequence[float],
+                   class_scale: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One output from several scales' outputs: each class from its scale in ``class_scale``, else the mean.
+
+    Framewise outputs are put on the grid of the first scale (linear interpolation; window grids differ
+    from the whole-recording grid by a frame or two of rounding).
+    """
+    t = framewise[0].shape[-1]
+    frames = torch.stack([torch.nn.functional.interpolate(f.float(), size=t, mode="linear", align_corners=False)
+                          if f.shape[-1] != t else f.float() for f in framewise])          # (S, B, C, T)
+    clips = torch.stack([c.float() for c in clip])                                       # (S, B, C)
+    if class_scale is None:
+        return frames.mean(0).half(), clips.mean(0)
+    scales = [float(s) for s in scales]
+    if len(class_scale) != frames.shape[2]:
+        raise ValueError(f"predict.class_scale has {len(class_scale)} entries, the model has {frames.shape[2]} classes")
+    unknown = sorted({float(s) for s in class_scale} - set(scales))
+    if unknown:
+        raise ValueError(f"predict.class_scale uses window lengths {unknown} that are not in {scales}")
+    index = torch.as_tensor([scales.index(float(s)) for s in class_scale], device=frames.device)
+    classes = torch.arange(frames.shape[2], device=frames.device)
+    return frames[index, :, classes].transpose(0, 1).half(), clips[index, :, classes].transpose(0, 1)
 
 
 def _predict_windows(model, wave, window_seconds, hop_seconds, sample_rate):

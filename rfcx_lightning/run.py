@@ -51,13 +51,25 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
         return compose(config_name=stage, overrides=list(rest))
 
 
-def run(cfg: DictConfig) -> dict:
-    """Prepare the data and run the configured stage; returns the stage's scores."""
+def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
+    """Prepare the data and run the configured stage; returns the stage's scores.
+
+    ``stage=pipeline`` composes each round's own recipe with ``overrides`` (the command line's). A round
+    stage run alone (coteach, noisy_student) is named as the workspace's next round, ``round<k>_<kind>``.
+    """
+    from .orchestration.rounds import standalone_run_name
     from .stages import stage_class
     from .stages.context import prepare_context
+    from .workspace import RunState
 
+    if cfg.stage.name == "pipeline":
+        from .orchestration.pipeline import PipelineStage
+
+        return PipelineStage(cfg, overrides).run()
     started = time.time()
-    stage = stage_class(cfg.stage.name)(prepare_context(cfg))
+    ctx = prepare_context(cfg)
+    name = standalone_run_name(RunState(ctx.workspace, writable=False).data["stages"], cfg.stage.name)
+    stage = stage_class(cfg.stage.name)(ctx, name=name)
     scores = stage.run()
     if stage.ctx.is_global_zero:
         elapsed = round(time.time() - started, 1)
@@ -75,11 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stages: {', '.join(available_stages())}")
         print("example: python -m rfcx_lightning.run stage=bootstrap preset=smoke workspace=/tmp/ws")
         return 0
-    cfg = load_config(argv)
+    cfg = load_config([a for a in argv if a != "--cfg"])
     if "--cfg" in argv:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    run(cfg)
+    run(cfg, argv)
     return 0
 
 

@@ -69,6 +69,33 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+def read_prediction_rows(path: str | os.PathLike, recording_ids, keys, what: str = "",
+                         optional=()) -> dict[str, np.ndarray]:
+    """Arrays ``keys`` of a stage's prediction npz, rows in the order of ``recording_ids``.
+
+    The one reader of ``*_framewise.npz`` / fold ``oof.npz`` / ``test.npz`` for the pool and the
+    post-processing: a missing file, array or recording is a ``ValueError`` naming the file (and ``what``
+    it was read for). Scalars (``frames_per_second``) are returned as they are; ``optional`` keys are
+    returned as None when the file lacks them.
+    """
+    path = Path(path)
+    suffix = f" ({what})" if what else ""
+    if not path.is_file():
+        raise ValueError(f"{path}: missing{suffix}; rerun the stage that writes it")
+    data = read_npz(path)
+    missing = [k for k in ("recording_id", *keys) if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing}{suffix}; expected a stage's prediction file")
+    position = {str(r): i for i, r in enumerate(data["recording_id"])}
+    absent = [r for r in recording_ids if str(r) not in position]
+    if absent:
+        raise ValueError(f"{path}: no prediction for {len(absent)} recording(s), e.g. {absent[:3]}{suffix}")
+    rows = np.asarray([position[str(r)] for r in recording_ids], dtype=np.int64)
+    out = {k: None for k in optional}
+    out.update({k: (data[k][rows] if np.ndim(data[k]) else data[k]) for k in (*keys, *optional) if k in data})
+    return out
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)

@@ -147,6 +147,7 @@ class LogMelFrontend(nn.Module):
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length)
         self.n_mels = int(n_mels)
+        self.fmin, self.fmax = float(fmin), float(fmax)
         self.backend = backend
         self.normalize = normalize
         self.freq_position_channel = bool(freq_position_channel)
@@ -164,6 +165,12 @@ class LogMelFrontend(nn.Module):
     @property
     def frames_per_second(self) -> float:
         return self.sample_rate / self.hop_length
+
+    def mel_centers_hz(self) -> "np.ndarray":
+        """Centre frequency (Hz) of each mel row (Slaney mel scale, as both backends' filterbanks use)."""
+        import librosa
+
+        return librosa.mel_frequencies(self.n_mels + 2, fmin=self.fmin, fmax=self.fmax, htk=False)[1:-1]
 
     def n_frames(self, n_samples: int) -> int:
         """Number of centred STFT frames for a waveform of `n_samples` samples."""

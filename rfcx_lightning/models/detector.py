@@ -17,7 +17,65 @@ from rfcx_lightning.models.backbones import backbone_num_features, create_backbo
 from rfcx_lightning.models.heads import build_head
 
 
-class SpeciesDetector(nn.Module):
+class DetectorBase(nn.Module):
+    """What every detector shares: the front-end inside the model, SpecAugment, the output time grid.
+
+    Subclasses build ``self.backbone`` and implement ``forward_spectrogram(spec, active=None)`` returning
+    ``{"framewise_logits": (B, C, T_out), "clip_logits": (B, C)}``.
+    """
+
+    def __init__(self, n_classes: int, frontend: dict | None = None, spec_augment: dict | None = None):
+        super().__init__()
+        self.n_classes = int(n_classes)
+        self.frontend = LogMelFrontend(**(frontend or {}))
+        self.spec_augment = SpecAugment(**spec_augment) if spec_augment is not None else None
+        self._frames_cache: dict[int, int] = {}
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.sample_rate
+
+    def spectrogram(self, wave: Tensor) -> Tensor:
+        """Front-end, plus SpecAugment in training mode only."""
+        spec = self.frontend(wave)
+        if self.spec_augment is not None and self.training:
+            spec = self.spec_augment(spec)
+        return spec
+
+    def forward_spectrogram(self, spec: Tensor, active: Tensor | None = None) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, wave: Tensor) -> dict[str, Tensor]:
+        return self.forward_spectrogram(self.spectrogram(wave))
+
+    def output_frames(self, n_samples: int) -> int:
+        """T_out for an input of `n_samples` samples, by a dry run (one class; cached per length).
+
+        The dry run is done in eval mode under no_grad so BatchNorm running statistics are untouched.
+        """
+        n_samples = int(n_samples)
+        if n_samples not in self._frames_cache:
+            ref = next(self.backbone.parameters())
+            spec = torch.zeros(1, self.frontend.out_channels, self.frontend.n_mels,
+                               self.frontend.n_frames(n_samples), device=ref.device, dtype=ref.dtype)
+            active = torch.zeros(1, self.n_classes, dtype=torch.bool, device=ref.device)
+            active[0, 0] = True
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.no_grad():
+                    out = self.forward_spectrogram(spec, active)
+            finally:
+                self.train(was_training)
+            self._frames_cache[n_samples] = int(out["framewise_logits"].shape[-1])
+        return self._frames_cache[n_samples]
+
+    def output_frames_per_second(self, n_samples: int) -> float:
+        """Framewise output rate for an input of `n_samples` samples: T_out / duration."""
+        return self.output_frames(n_samples) / (int(n_samples) / self.sample_rate)
+
+
+class SpeciesDetector(DetectorBase):
     """Framewise species detector.
 
     forward(wave (B, N)) -> {"framewise_logits": (B, C, T_out), "clip_logits": (B, C)}.
@@ -35,10 +93,7 @@ class SpeciesDetector(nn.Module):
         head_kwargs: dict | None = None,
         backbone_kwargs: dict | None = None,
     ):
-        super().__init__()
-        self.n_classes = int(n_classes)
-        self.frontend = LogMelFrontend(**(frontend or {}))
-        self.spec_augment = SpecAugment(**spec_augment) if spec_augment is not None else None
+        super().__init__(n_classes, frontend, spec_augment)
         self.backbone = create_backbone(
             backbone, in_chans=self.frontend.out_channels, pretrained_path=pretrained_path,
             **(backbone_kwargs or {}),
@@ -47,18 +102,6 @@ class SpeciesDetector(nn.Module):
         if head_kwargs.get("freq_pool") == "flatten":
             head_kwargs["freq_rows"] = self._backbone_freq_rows()
         self.head = build_head(head, backbone_num_features(self.backbone), self.n_classes, **head_kwargs)
-        self._frames_cache: dict[int, int] = {}
-
-    @property
-    def sample_rate(self) -> int:
-        return self.frontend.sample_rate
-
-    def spectrogram(self, wave: Tensor) -> Tensor:
-        """Front-end, plus SpecAugment in training mode only."""
-        spec = self.frontend(wave)
-        if self.spec_augment is not None and self.training:
-            spec = self.spec_augment(spec)
-        return spec
 
     @torch.no_grad()
     def _backbone_freq_rows(self) -> int:
@@ -70,36 +113,38 @@ class SpeciesDetector(nn.Module):
         self.backbone.train(was_training)
         return rows
 
-    def forward_spectrogram(self, spec: Tensor) -> dict[str, Tensor]:
-        """Backbone + head on a front-end output (B, Ch, n_mels, T)."""
+    def forward_spectrogram(self, spec: Tensor, active: Tensor | None = None) -> dict[str, Tensor]:
+        """Backbone + head on a front-end output (B, Ch, n_mels, T).
+
+        ``active`` (B, C) names the classes the caller needs; a multi-label network scores all of them in
+        one pass anyway, so it is accepted and ignored (the band detectors use it to skip work).
+        """
         framewise, clip = self.head(self.backbone.forward_features(spec))
         return {"framewise_logits": framewise, "clip_logits": clip}
 
-    def forward(self, wave: Tensor) -> dict[str, Tensor]:
-        return self.forward_spectrogram(self.spectrogram(wave))
 
-    def output_frames(self, n_samples: int) -> int:
-        """T_out for an input of `n_samples` samples, by a dry run of the backbone (cached per length).
+def build_detector(n_classes: int, model: dict, spec_augment: dict | None = None) -> nn.Module:
+    """The detector a ``model:`` config block describes.
 
-        The dry run is done in eval mode under no_grad so BatchNorm running statistics are untouched.
-        """
-        n_samples = int(n_samples)
-        if n_samples not in self._frames_cache:
-            ref = next(self.backbone.parameters())
-            spec = torch.zeros(
-                1, self.frontend.out_channels, self.frontend.n_mels, self.frontend.n_frames(n_samples),
-                device=ref.device, dtype=ref.dtype,
-            )
-            was_training = self.training
-            self.eval()
-            try:
-                with torch.no_grad():
-                    framewise, _ = self.head(self.backbone.forward_features(spec))
-            finally:
-                self.train(was_training)
-            self._frames_cache[n_samples] = int(framewise.shape[-1])
-        return self._frames_cache[n_samples]
+    ``model.detector``: ``multilabel`` (default; :class:`SpeciesDetector`, one network scoring every class
+    from the whole spectrogram) or ``band_crop`` / ``band_mask`` (:class:`~rfcx_lightning.models.bands.BandDetector`,
+    one binary classifier shared by all classes and applied to each class's frequency band; needs
+    ``model.class_bands``, which the stage runner fills in from the TP boxes).
+    """
+    kind = model.get("detector") or "multilabel"
+    common = dict(frontend=dict(model.get("frontend") or {}), pretrained_path=model.get("pretrained_path"),
+                  spec_augment=dict(spec_augment) if spec_augment else None,
+                  backbone_kwargs=dict(model.get("backbone_kwargs") or {}))
+    if kind == "multilabel":
+        return SpeciesDetector(n_classes=n_classes, backbone=model["backbone"], head=model["head"],
+                               head_kwargs=dict(model.get("head_kwargs") or {}), **common)
+    if kind in ("band_crop", "band_mask"):
+        from rfcx_lightning.models.bands import BandDetector
 
-    def output_frames_per_second(self, n_samples: int) -> float:
-        """Framewise output rate for an input of `n_samples` samples: T_out / duration."""
-        return self.output_frames(n_samples) / (int(n_samples) / self.sample_rate)
+        if not model.get("class_bands"):
+            raise ValueError(f"model.detector={kind} needs model.class_bands (one [f_min, f_max] in Hz per class)")
+        band = dict(model.get("band") or {})
+        return BandDetector(n_classes=n_classes, backbone=model["backbone"], class_bands=model["class_bands"],
+                            mode=kind.split("_", 1)[1], dropout=float((model.get("head_kwargs") or {}).get("dropout", 0.2)),
+                            **band, **common)
+    raise ValueError(f"model.detector={kind!r}: choose multilabel, band_crop or band_mask")

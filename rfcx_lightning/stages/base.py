@@ -18,29 +18,45 @@ from ..features.augment import mixup, waveform_gain_noise
 from ..inference import predict_framewise
 from ..losses import build_loss
 from ..metrics import MaskedFrameAUROC
-from ..models.detector import SpeciesDetector
+from ..models.detector import build_detector
+from ..models.init import apply_init_from
+
+
+def labelled_classes(mask: torch.Tensor) -> torch.Tensor:
+    """(B, C) bool: the classes with any labelled cell in each item's (B, C, T) or (B, C) loss mask.
+
+    Detectors that score one class at a time (the band detectors) compute only these; the loss ignores
+    the other cells anyway. Multi-label detectors compute every class regardless.
+    """
+    return (mask > 0).flatten(2).any(-1) if mask.dim() > 2 else mask > 0
 
 
 class StageModule(pl.LightningModule):
-    """Detector + optimisation + prediction; subclasses implement :meth:`training_step`."""
+    """Detector + optimisation + prediction; stages change ``target_output`` or override :meth:`training_step`."""
 
     def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
                  predict: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
-        spec_augment = augment.get("spec_augment")
-        self.model = SpeciesDetector(
-            n_classes=n_classes, backbone=model["backbone"], head=model["head"],
-            frontend=dict(model.get("frontend") or {}), pretrained_path=model.get("pretrained_path"),
-            spec_augment=dict(spec_augment) if spec_augment else None,
-            head_kwargs=dict(model.get("head_kwargs") or {}),
-            backbone_kwargs=dict(model.get("backbone_kwargs") or {}))
+        self.model = build_detector(n_classes, model, augment.get("spec_augment"))
+        if model.get("init_from"):  # after pretrained_path: an earlier stage's backbone wins over ImageNet
+            apply_init_from(self.model, model["init_from"])
         loss = dict(loss)
         self.loss_fn = build_loss(loss.pop("kind"), **loss)
         self.val_auroc = MaskedFrameAUROC()
         self.predict_cfg = dict(predict or {"mode": "whole"})
 
+    #: which output the training loss is computed on: framewise (boxes, pseudo frames) or clip (weak labels)
+    target_output = "framewise_logits"
+
     # -- shared pieces ----------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The masked loss of ``target_output`` against the batch's targets, weights as the mask."""
+        out, targets, mask = self.augmented_forward(batch["wave"], batch["targets"], batch["mask"])
+        loss = self.loss_fn(out[self.target_output], targets, mask)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["wave"]))
+        return loss
+
     def augmented_forward(self, wave: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
         """Gain/noise on the waveform, front-end (+SpecAugment), mixup on the spectrogram, then the network.
 
@@ -54,10 +70,11 @@ class StageModule(pl.LightningModule):
         spec = self.model.spectrogram(wave)
         if aug.get("mixup_p", 0) > 0 and float(torch.rand(())) < aug["mixup_p"]:
             spec, targets, mask = mixup(spec, targets, mask, alpha=aug.get("mixup_alpha", 0.5))
-        return self.model.forward_spectrogram(spec), targets, mask
+        return self.model.forward_spectrogram(spec, active=labelled_classes(mask)), targets, mask
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.model(batch["wave"])
+        out = self.model.forward_spectrogram(self.model.spectrogram(batch["wave"]),
+                                             active=labelled_classes(batch["mask"]))
         loss = self.loss_fn(out["framewise_logits"], batch["targets"], batch["mask"])
         self.val_auroc.update(out["framewise_logits"].float(), batch["targets"], batch["mask"])
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["wave"]))

@@ -6,18 +6,12 @@ most calls in RFCx are unlabelled, so "not labelled" must never be read as "abse
 
 from __future__ import annotations
 
-import torch
-
 from .base import StageModule
 from .runner import KFoldStage
 
 
 class BootstrapModule(StageModule):
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out, targets, mask = self.augmented_forward(batch["wave"], batch["targets"], batch["mask"])
-        loss = self.loss_fn(out["framewise_logits"], targets, mask)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["wave"]))
-        return loss
+    """The base's masked loss on the framewise logits; targets and mask come from the TP/FP box crops."""
 
 
 class BootstrapStage(KFoldStage):

@@ -27,7 +27,9 @@ from ..data.datamodule import FoldDataModule
 from ..inference import ShardedPredictionWriter
 from ..loggers import build_logger
 from ..metrics import lwlrap, prior_baseline_lwlrap
+from ..models.bands import class_bands_from_boxes
 from ..postprocess import odds_scale_to_prior
+from ..pseudo.pool import register_stage
 from ..workspace import RunState, read_npz, write_csv, write_npz
 from .base import StageModule
 from .context import StageContext
@@ -35,16 +37,16 @@ from .context import StageContext
 log = logging.getLogger(__name__)
 
 
-class KFoldStage:
-    """Subclasses set ``kind`` and ``module_class`` (and may override the datamodule or module builders).
+class StageRun:
+    """What every stage has: its context and config, its run ``name``, ``state.json`` and its folder.
 
     ``kind`` is the stage type (``stage=`` on the command line); ``name`` is this run of it: its folder
     ``W/<name>/`` and its key in ``state.json``. They are equal for a single run; the round orchestrator
-    passes names such as ``round2_coteach`` so that every round keeps its own folder.
+    passes names such as ``round2_coteach`` so that every round keeps its own folder. Subclasses
+    implement ``run() -> scores``.
     """
 
     kind: str = "stage"
-    module_class: type[StageModule] = StageModule
 
     def __init__(self, ctx: StageContext, name: str | None = None):
         self.ctx = ctx
@@ -53,13 +55,28 @@ class KFoldStage:
         self.state = RunState(ctx.workspace, writable=ctx.is_global_zero)
         self.dir = ctx.workspace / self.name
 
+    def run(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class KFoldStage(StageRun):
+    """Subclasses set ``kind`` and ``module_class`` (and may override the datamodule or module builders)."""
+
+    module_class: type[StageModule] = StageModule
+
     # -- builders (override in a stage to change targets or data) --------------------------------------
     def build_module(self) -> StageModule:
         cfg = self.cfg
         container = OmegaConf.to_container(cfg, resolve=True)
-        return self.module_class(n_classes=self.ctx.scheme.n_classes, model=container["model"],
+        return self.module_class(n_classes=self.ctx.scheme.n_classes, model=self.model_config(container["model"]),
                                  optim=container["optim"], augment=container["augment"],
                                  loss=container["loss"], predict=container["predict"])
+
+    def model_config(self, model: dict) -> dict:
+        """The ``model:`` block plus what the data decides: each class's band for the band detectors."""
+        if str(model.get("detector") or "multilabel").startswith("band") and not model.get("class_bands"):
+            model = dict(model, class_bands=class_bands_from_boxes(self.ctx.boxes, self.ctx.scheme.n_classes))
+        return model
 
     def build_datamodule(self, fold: int) -> FoldDataModule:
         cfg, ctx = self.cfg, self.ctx
@@ -167,6 +184,7 @@ class KFoldStage:
                                   outputs + ("oof_framewise.npz", "test_framewise.npz")}
         stage_state["metrics"] = scores
         self.state.save()
+        register_stage(self)  # add these predictions to the pseudo-label pool (W/pool/index.json)
         return scores
 
     def _output_frames_per_second(self, n_frames: int) -> float:

@@ -1,0 +1,270 @@
+"""Stage ``pipeline``: bootstrap, then pseudo-label rounds, until the leaderboard stops improving.
+
+Round ``k`` runs the ``k``-th kind of ``pipeline.sequence`` (the last one repeated when
+``pipeline.repeat_last``) as a normal K-fold stage named ``round<k>_<kind>``, configured by its own recipe
+``stages/<kind>.yaml`` composed with the user's overrides, so each round stage keeps its own config block.
+After each round the ``lb=`` hook scores the round's ``submission.csv``; :func:`plateau_decision` says
+whether to go on; the best round's submission is copied to ``W/submission.csv``.
+
+The workspace is the state. ``state.json`` holds, under ``"pipeline"``, one entry per round (kind,
+status, the stage's scores, the leaderboard score, wall time, the decision). Rerunning the same command
+after a kill skips finished rounds (their decision is recomputed from the stored scores with the current
+settings, so a larger ``max_rounds`` continues a finished pipeline), and the unfinished round's stage
+skips its finished folds. Leftover temporary files of the killed run are removed first.
+
+Under DDP (``trainer.devices=N trainer.strategy=ddp``) Lightning re-executes this command in every
+rank; the ranks walk the same rounds, only rank 0 writes, scores and copies, and the other ranks wait for
+rank 0 to record each round as done before reading its decision and starting the next round.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from ..loggers import build_logger
+from ..workspace import RunState, atomic_path, write_csv
+from .leaderboard import Leaderboard, build_leaderboard
+from .rounds import Decision, plateau_decision, round_name
+
+log = logging.getLogger(__name__)
+
+#: the best round's files copied to the top of the workspace
+BEST_FILES = ("submission.csv", "submission_raw.csv", "oof.csv")
+
+#: override keys that belong to the pipeline recipe only and would break a round stage's composition
+PIPELINE_ONLY_KEYS = ("pipeline", "lb", "stage")
+
+# temporary names of the workspace's atomic writers: workspace.atomic_path (".<name>.<8 chars>.tmp"),
+# the audio cache (".<name>.tmp-<pid>-<hex>") and the prediction writer's per-rank shards
+_STALE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$|^\..+\.tmp-\d+-[0-9a-f]+$|^.+\.rank\d+\.npz$")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The ``pipeline:`` block, checked."""
+
+    sequence: tuple[str, ...]
+    repeat_last: bool = False
+    max_rounds: int = 10
+    patience: int = 2
+    min_delta: float = 0.0
+    overrides: dict[str, list[str]] = field(default_factory=dict)   # by kind or by round name
+
+    @classmethod
+    def from_cfg(cls, block: DictConfig) -> "PipelineSettings":
+        from ..run import available_stages
+
+        raw = OmegaConf.to_container(block, resolve=True)
+        sequence = raw.get("sequence")
+        if isinstance(sequence, str):
+            sequence = [sequence]
+        if not sequence:
+            raise ValueError("pipeline.sequence is empty: list the stage kinds to run, e.g. [bootstrap, coteach]")
+        for position, kind in enumerate(sequence):
+            if kind == "pipeline" or kind not in available_stages():
+                raise ValueError(f"pipeline.sequence[{position}] = {kind!r} is not a stage recipe; choose from "
+                                 f"{[s for s in available_stages() if s != 'pipeline']}")
+        overrides = raw.get("overrides") or {}
+        for kind, items in overrides.items():
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError(f"pipeline.overrides.{kind} must be a list of key=value strings, got {items!r}")
+        settings = cls(sequence=tuple(sequence), repeat_last=bool(raw.get("repeat_last", False)),
+                       max_rounds=int(raw.get("max_rounds", 10)), patience=int(raw.get("patience", 2)),
+                       min_delta=float(raw.get("min_delta", 0.0)), overrides=dict(overrides))
+        if settings.max_rounds < 1:
+            raise ValueError(f"pipeline.max_rounds must be >= 1, got {settings.max_rounds}")
+        if settings.patience < 0:
+            raise ValueError(f"pipeline.patience must be >= 0 (0: never stop early), got {settings.patience}")
+        return settings
+
+    def kind_of_round(self, index: int) -> str | None:
+        """The stage kind of round ``index``, or ``None`` past the end of the sequence / ``max_rounds``."""
+        if index >= self.max_rounds:
+            return None
+        if index < len(self.sequence):
+            return self.sequence[index]
+        return self.sequence[-1] if self.repeat_last else None
+
+
+def round_overrides(overrides: Sequence[str]) -> list[str]:
+    """The user's overrides without the pipeline-only keys (``stage=``, ``pipeline.*``, ``lb=``/``lb.*``)."""
+    kept = []
+    for item in overrides:
+        if item.startswith("--"):
+            continue
+        key = item.lstrip("+~").split("=", 1)[0]
+        if key.split(".", 1)[0] not in PIPELINE_ONLY_KEYS:
+            kept.append(item)
+    return kept
+
+
+def remove_stale_temps(workspace: Path) -> list[Path]:
+    """Delete temporary files a killed run left in the workspace; returns what was removed.
+
+    Only safe before anything else writes in the workspace, which is why the pipeline calls it on rank 0
+    at start-up, before the first round (other DDP ranks start later, at the first ``fit``).
+    """
+    removed = []
+    for path in workspace.rglob("*"):
+        if path.is_file() and _STALE.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", len(removed))
+    return removed
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(source.read_bytes())
+
+
+class PipelineStage:
+    """Runs the configured rounds; see the module docstring. ``overrides``: the command line's overrides."""
+
+    kind = "pipeline"
+
+    def __init__(self, cfg: DictConfig, overrides: Sequence[str] = ()):
+        self.cfg = cfg
+        self.settings = PipelineSettings.from_cfg(cfg.pipeline)
+        self.overrides = round_overrides(overrides)
+        self.workspace = Path(str(cfg.workspace)).expanduser().resolve()
+        self.is_global_zero = rank_zero_only.rank == 0
+        self.leaderboard: Leaderboard = build_leaderboard(cfg.lb, cfg.data)
+        self._logger = None
+
+    # -- state ------------------------------------------------------------------------------------------
+    def _load(self) -> tuple[RunState, dict[str, Any]]:
+        """A fresh read of ``state.json`` (stages write it too) and its ``"pipeline"`` record."""
+        state = RunState(self.workspace, writable=self.is_global_zero)
+        record = state.data.setdefault("pipeline", {})
+        record.setdefault("id", uuid.uuid4().hex[:8])
+        record.setdefault("rounds", {})
+        return state, record
+
+    def _scores_up_to(self, record: dict[str, Any], index: int) -> list[float | None]:
+        return [record["rounds"].get(self.name_of_round(i), {}).get("lb") for i in range(index + 1)]
+
+    def name_of_round(self, index: int) -> str:
+        return round_name(index, self.settings.kind_of_round(index))
+
+    def decide(self, record: dict[str, Any], index: int) -> Decision:
+        """The stopping decision after round ``index``, from the stored scores and the current settings."""
+        s = self.settings
+        return plateau_decision(self._scores_up_to(record, index), s.patience, s.min_delta, s.max_rounds,
+                                has_next=s.kind_of_round(index + 1) is not None)
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        if self.is_global_zero:
+            remove_stale_temps(self.workspace)
+            state, _ = self._load()
+            state.save()
+        index, last = 0, 0
+        while (kind := self.settings.kind_of_round(index)) is not None:
+            last = index
+            name = round_name(index, kind)
+            _, record = self._load()
+            if record["rounds"].get(name, {}).get("status") == "done":
+                log.info("pipeline: %s finished in an earlier run, skipped", name)
+            else:
+                self.run_round(index, kind, name)
+            _, record = self._load()
+            decision = self.decide(record, index)
+            if decision.stop:
+                print(f"pipeline: stopping after {name}: {decision.reason}", flush=True)
+                break
+            index += 1
+        return self.finish(last) if self.is_global_zero else {}
+
+    def round_config(self, kind: str, name: str) -> DictConfig:
+        """The round's own recipe + the user's overrides + ``pipeline.overrides`` for its kind, then its name."""
+        from ..run import load_config
+
+        extra = self.settings.overrides
+        return load_config([f"stage={kind}", *self.overrides, *extra.get(kind, []), *extra.get(name, [])])
+
+    def run_round(self, index: int, kind: str, name: str) -> None:
+        from ..stages import stage_class
+        from ..stages.context import prepare_context, wait_for
+
+        started = time.time()
+        if self.is_global_zero:  # recorded before the stage loads state.json, so its saves keep it
+            state, record = self._load()
+            entry = record["rounds"].setdefault(name, {"index": index, "kind": kind, "wall_seconds": 0.0})
+            entry.update(status="running", attempts=entry.get("attempts", 0) + 1)
+            state.save()
+        print(f"pipeline: {name} ({kind}) starting", flush=True)
+        stage = stage_class(kind)(prepare_context(self.round_config(kind, name)), name=name)
+        scores = stage.run()
+        if not self.is_global_zero:
+            # rank 0 may still be finalizing and waiting for a leaderboard (kaggle: up to its timeout)
+            wait_for(lambda: self._load()[1]["rounds"].get(name, {}).get("status") == "done",
+                     f"the end of {name}", timeout_s=3600.0 + float(self.cfg.lb.get("timeout_seconds", 0)))
+            return
+        score = self.leaderboard.score(stage.dir / "submission.csv", f"{self._load()[1]['id']}:{name}")
+        state, record = self._load()
+        entry = record["rounds"][name]
+        elapsed = round(time.time() - started, 1)
+        entry.update(scores=scores, lb=score, lb_kind=self.leaderboard.kind,
+                     wall_seconds=round(entry.get("wall_seconds", 0.0) + elapsed, 1))
+        state.stage(name)["wall_seconds"] = entry["wall_seconds"]
+        decision = self.decide(record, index)
+        self.keep_best(decision.best)
+        entry.update(status="done", decision={"stop": decision.stop, "reason": decision.reason,
+                                              "best": self.name_of_round(decision.best)})
+        record["best"] = entry["decision"]["best"]
+        state.save()
+        self.log_round(index, name, entry)
+        lb_text = "no score" if score is None else f"{score:.4f}"
+        print(f"pipeline: {name} done in {entry['wall_seconds']:.0f} s; lb={self.leaderboard.kind} {lb_text}; "
+              f"best so far {record['best']}", flush=True)
+
+    def keep_best(self, best: int) -> None:
+        """Copy the best round's submission (and raw submission, OOF) to the top of the workspace."""
+        best_dir = self.workspace / self.name_of_round(best)
+        for file_name in BEST_FILES:
+            if (best_dir / file_name).exists():
+                copy_atomic(best_dir / file_name, self.workspace / file_name)
+
+    def log_round(self, index: int, name: str, entry: dict[str, Any]) -> None:
+        """One logger step per round: the leaderboard score and the stage's own scores."""
+        if self._logger is None:
+            self._logger = build_logger(self.cfg.logger, self.workspace, "pipeline", "rounds")
+        metrics = {f"round/{k}": float(v) for k, v in (entry.get("scores") or {}).items()}
+        if entry.get("lb") is not None:
+            metrics["round/lb"] = float(entry["lb"])
+        metrics["round/wall_seconds"] = float(entry["wall_seconds"])
+        self._logger.log_metrics(metrics, step=index)
+        self._logger.save()
+
+    def finish(self, last: int) -> dict[str, Any]:
+        """Copy the best round again (idempotent), write ``W/pipeline_rounds.csv``, return the summary."""
+        import pandas as pd
+
+        state, record = self._load()
+        decision = self.decide(record, last)
+        self.keep_best(decision.best)
+        rows = []
+        for name, entry in record["rounds"].items():
+            rows.append({"round": entry["index"], "name": name, "kind": entry["kind"], "lb": entry.get("lb"),
+                         **{k: v for k, v in (entry.get("scores") or {}).items()},
+                         "wall_seconds": entry.get("wall_seconds")})
+        write_csv(self.workspace / "pipeline_rounds.csv", pd.DataFrame(rows))
+        record["best"] = self.name_of_round(decision.best)
+        record["stopped"] = decision.reason
+        state.save()
+        if self._logger is not None:
+            self._logger.finalize("success")
+        print(f"pipeline: best round {record['best']} -> {self.workspace / 'submission.csv'}", flush=True)
+        return {"best": record["best"], "rounds": record["rounds"]}

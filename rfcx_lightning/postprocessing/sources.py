@@ -1,0 +1,75 @@
+"""Reading the framewise outputs of finished stage runs from a workspace, for ensembling and re-scoring.
+
+Every K-fold stage writes ``W/<name>/oof_framewise.npz`` (each train recording, predicted by the fold that
+held it out) and per-fold test predictions ``W/<name>/fold<k>/test.npz`` (plus their fold mean,
+``test_framewise.npz``); ``state.json`` lists them. Post-processing reads only these files, never the CSVs
+it writes itself, so rerunning it is idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..workspace import RunState, read_prediction_rows
+
+
+
+@dataclass
+class StageOutputs:
+    """One stage run's predictions, in the order of the recording ids asked for."""
+
+    name: str
+    oof_framewise: np.ndarray                # (N_train, C, T) float16
+    oof_clip: np.ndarray                     # (N_train, C) the model's own clip scores
+    test_framewise: list[np.ndarray]         # per fold (N_test, C, T); one item (the fold mean) if no fold files
+    test_clip: list[np.ndarray]
+    frames_per_second: float
+
+
+def finished_stages(state: RunState, exclude: Sequence[str] = ()) -> list[str]:
+    """Stage runs with framewise outputs, in the order they were first recorded in ``state.json``."""
+    names = []
+    for name, entry in state.data.get("stages", {}).items():
+        outputs = entry.get("outputs", {})
+        if name not in exclude and "oof_framewise.npz" in outputs and "test_framewise.npz" in outputs:
+            names.append(name)
+    return names
+
+
+def resolve_sources(state: RunState, sources, exclude: Sequence[str] = ()) -> list[str]:
+    """``latest`` (the newest stage run), ``all``, or a list of stage-run names (each must have finished)."""
+    available = finished_stages(state, exclude)
+    if not available:
+        raise FileNotFoundError(f"{state.path}: no finished stage with framewise outputs; run stage=bootstrap first")
+    if isinstance(sources, str) and sources in ("latest", "all"):
+        return available[-1:] if sources == "latest" else available
+    names = [sources] if isinstance(sources, str) else [str(s) for s in sources]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ValueError(f"postprocess.sources: {missing} have no finished framewise outputs in {state.path}; "
+                         f"available: {available}")
+    return names
+
+
+def _load(path: Path, ids: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    return read_prediction_rows(path, ids, ("framewise", "clip"), what, optional=("frames_per_second",))
+
+
+def load_stage_outputs(state: RunState, name: str, train_ids: Sequence[str], test_ids: Sequence[str],
+                       per_fold: bool = True) -> StageOutputs:
+    """A stage run's OOF framewise predictions and its test predictions, per fold when ``per_fold``."""
+    entry = state.stage(name)
+    oof = _load(state.resolve(entry["outputs"]["oof_framewise.npz"]), train_ids, f"stage {name} OOF")
+    fold_paths = [f.get("test") for _, f in sorted(entry.get("folds", {}).items(), key=lambda kv: int(kv[0]))]
+    if per_fold and fold_paths and all(fold_paths) and all(state.resolve(p).exists() for p in fold_paths):
+        tests = [_load(state.resolve(p), test_ids, f"stage {name} fold test") for p in fold_paths]
+    else:
+        tests = [_load(state.resolve(entry["outputs"]["test_framewise.npz"]), test_ids, f"stage {name} test")]
+    fps = oof["frames_per_second"]
+    return StageOutputs(name=name, oof_framewise=oof["framewise"], oof_clip=oof["clip"],
+                        test_framewise=[t["framewise"] for t in tests], test_clip=[t["clip"] for t in tests],
+                        frames_per_second=float(fps) if fps is not None else float("nan"))

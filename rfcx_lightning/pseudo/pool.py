@@ -1,0 +1,298 @@
+"""The pseudo-label pool: every stage's framewise predictions, with provenance, ready to become targets.
+
+Each K-fold stage run (bootstrap, template, coteach, noisy_student, ...) leaves out-of-fold framewise
+predictions for every train recording and fold-averaged ones for every test recording
+(``W/<name>/oof_framewise.npz``, ``W/<name>/test_framewise.npz``, float16). The pool is an index of those
+files, ``W/pool/index.json``, one entry per stage run in the order they were added, with what produced
+them (stage kind, round, resolved config, checkpoints, metrics, time). The predictions are not copied:
+the stage files are already compact and written atomically, and a rerun of a stage re-registers the same
+name, so the entry and its files never disagree.
+
+Later rounds read teachers from the pool: :meth:`PseudoLabelPool.select` picks entries ("latest", "all",
+or names), :meth:`PseudoLabelPool.load` stacks them into a :class:`TeacherStack` aligned to the recordings
+a stage asks for, on one common time grid, optionally odds-scaled toward a class prior first (a model
+trained on balanced TP/FP boxes does not know that species 3 sings in 92% of clips; its raw scores make
+poor targets, exactly as they make a poor submission).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..postprocess import odds_scale_to_prior
+from ..workspace import read_prediction_rows, write_json
+
+__all__ = ["PoolEntry", "PoolError", "PseudoLabelPool", "TeacherStack", "register_stage"]
+
+INDEX = Path("pool") / "index.json"
+_SPLIT_KEY = {"train": "oof", "test": "test"}
+
+
+class PoolError(RuntimeError):
+    """The pool cannot serve what was asked (empty, unknown entry, a file missing or inconsistent)."""
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """One stage run's predictions. ``oof``/``test`` are paths relative to the workspace."""
+
+    name: str
+    kind: str
+    order: int
+    oof: str
+    test: str
+    round: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, split: str, workspace: Path) -> Path:
+        if split not in _SPLIT_KEY:
+            raise ValueError(f"split must be 'train' (out-of-fold) or 'test', got {split!r}")
+        stored = Path(getattr(self, _SPLIT_KEY[split]))
+        return stored if stored.is_absolute() else workspace / stored
+
+
+@dataclass
+class TeacherStack:
+    """Predictions of several teachers on the same recordings, on one time grid.
+
+    framewise: (n_teachers, n_recordings, C, T) float16 probabilities (None when loaded clip-only);
+    clip: (n_teachers, n_recordings, C) float32 clip probabilities as the teachers produced them.
+    """
+
+    names: list[str]
+    recording_ids: list[str]
+    clip: np.ndarray
+    framewise: np.ndarray | None
+    frames_per_second: float
+
+    def __post_init__(self) -> None:
+        self._position = {rid: i for i, rid in enumerate(self.recording_ids)}
+
+    @property
+    def n_teachers(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.clip.shape[-1])
+
+    def index_of(self, recording_id: str) -> int:
+        try:
+            return self._position[str(recording_id)]
+        except KeyError:
+            raise KeyError(f"recording {recording_id!r} is not in this teacher stack") from None
+
+
+class PseudoLabelPool:
+    """``W/pool/index.json``: the teachers available to pseudo-label stages, in insertion order.
+
+    Only one process (global rank 0) should write; readers open it with ``writable=False``.
+    """
+
+    def __init__(self, workspace: str | Path, writable: bool = True):
+        self.workspace = Path(workspace)
+        self.path = self.workspace / INDEX
+        self.writable = writable
+        self._entries = self._load_index()
+
+    # -- index ------------------------------------------------------------------------------------------
+    def _load_index(self) -> list[PoolEntry]:
+        if not self.path.exists():
+            return []
+        try:
+            raw = json.loads(self.path.read_text())
+            return [PoolEntry(**item) for item in raw["entries"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise PoolError(f"{self.path} is not a valid pool index ({err}); it is written atomically, so "
+                            "it was edited by hand or by another tool. Fix or delete it.") from err
+
+    def _save(self) -> None:
+        if not self.writable:
+            raise PoolError(f"pool at {self.path} was opened read-only")
+        write_json(self.path, {"version": 1, "entries": [asdict(e) for e in self._entries]})
+
+    def entries(self) -> list[PoolEntry]:
+        return list(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, name: str, kind: str, oof_path: str | Path, test_path: str | Path,
+            provenance: dict[str, Any] | None = None, round: int | None = None) -> PoolEntry:
+        """Register a stage run's predictions; adding a name again replaces its entry in place.
+
+        Re-adding keeps the entry's position: a resumed or re-finalized stage is the same teacher, not a
+        newer one. Paths are stored relative to the workspace when they lie inside it.
+        """
+        for label, path in (("oof", oof_path), ("test", test_path)):
+            resolved = path if Path(path).is_absolute() else self.workspace / path
+            if not Path(resolved).is_file():
+                raise PoolError(f"pool entry {name!r}: {label} predictions {resolved} do not exist")
+        provenance = dict(provenance or {})
+        provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if round is None:
+            round = round_of(name)
+        existing = [i for i, e in enumerate(self._entries) if e.name == name]
+        order = self._entries[existing[0]].order if existing else \
+            1 + max((e.order for e in self._entries), default=-1)
+        entry = PoolEntry(name=name, kind=kind, order=order, oof=self._relative(oof_path),
+                          test=self._relative(test_path), round=round, provenance=provenance)
+        if existing:
+            self._entries[existing[0]] = entry
+        else:
+            self._entries.append(entry)
+        self._save()
+        return entry
+
+    def _relative(self, path: str | Path) -> str:
+        path = Path(path)
+        if not path.is_absolute():
+            return str(path)
+        try:
+            return str(path.resolve().relative_to(self.workspace.resolve()))
+        except ValueError:
+            return str(path)
+
+    def select(self, which: str | Sequence[str] = "latest", exclude: Sequence[str] = ()) -> list[PoolEntry]:
+        """Entries by rule: ``"latest"`` (the newest), ``"all"``, or a list of names (in that order).
+
+        ``exclude`` drops names first, so a stage that is rerun never teaches itself.
+        """
+        available = [e for e in self._entries if e.name not in set(exclude)]
+        if not available:
+            raise PoolError(f"the pseudo-label pool at {self.path} has no teacher"
+                            f"{' besides ' + ', '.join(exclude) if exclude and self._entries else ''}: "
+                            "run stage=bootstrap first (every finished stage adds its predictions)")
+        if isinstance(which, str):
+            if which == "latest":
+                return [max(available, key=lambda e: e.order)]
+            if which == "all":
+                return available
+            which = [which]
+        by_name = {e.name: e for e in available}
+        unknown = [n for n in which if n not in by_name]
+        if unknown:
+            raise PoolError(f"pool has no teacher named {unknown}; it has {sorted(by_name)}")
+        if not which:
+            raise PoolError("select() was given an empty list of teacher names")
+        return [by_name[n] for n in which]
+
+    # -- predictions ------------------------------------------------------------------------------------
+    def load(self, entries: Sequence[PoolEntry], split: str, recording_ids: Sequence[str],
+             calibrate_prior: str | Sequence[float] | np.ndarray | None = None,
+             frames: bool = True) -> TeacherStack:
+        """Stack the teachers' predictions for ``recording_ids`` (in that order) of ``split``.
+
+        Teachers with different output grids (another backbone or hop) are resampled to the first
+        teacher's grid. ``calibrate_prior``: None (raw), a per-class prior (C,), or ``"estimated"`` (the
+        teachers' own mean clip score per class, averaged over teachers). ``frames=False`` loads clip
+        scores only, for clip-level stages.
+        """
+        if not entries:
+            raise PoolError("load() needs at least one pool entry; run stage=bootstrap first")
+        recording_ids = [str(r) for r in recording_ids]
+        clips, framewise, fps = [], [], None
+        for entry in entries:
+            path = entry.path(split, self.workspace)
+            part = _read_predictions(path, recording_ids, need_frames=frames)
+            clips.append(part["clip"])
+            if frames:
+                if fps is None:
+                    fps, n_frames = part["fps"], part["framewise"].shape[-1]
+                framewise.append(resample_time(part["framewise"], n_frames))
+            elif fps is None:
+                fps = part["fps"]
+        n_classes = {c.shape[-1] for c in clips}
+        if len(n_classes) != 1:
+            raise PoolError(f"teachers {[e.name for e in entries]} disagree on the class count {sorted(n_classes)}")
+        stack = TeacherStack(names=[e.name for e in entries], recording_ids=recording_ids,
+                             clip=np.stack(clips).astype(np.float32),
+                             framewise=np.stack(framewise) if frames else None,
+                             frames_per_second=float(fps))
+        if calibrate_prior is not None:
+            calibrate(stack, calibrate_prior)
+        return stack
+
+
+def _read_predictions(path: Path, recording_ids: list[str], need_frames: bool) -> dict[str, Any]:
+    """One teacher's predictions for ``recording_ids``; errors name the file and what is wrong with it."""
+    keys = ["clip", "frames_per_second"] + (["framewise"] if need_frames else [])
+    try:
+        data = read_prediction_rows(path, recording_ids, keys, what="teacher predictions")
+    except ValueError as err:
+        raise PoolError(str(err)) from None
+    out = {"clip": data["clip"].astype(np.float32), "fps": float(data["frames_per_second"])}
+    if need_frames:
+        out["framewise"] = data["framewise"].astype(np.float16)
+    return out
+
+
+def resample_time(framewise: np.ndarray, n_frames: int) -> np.ndarray:
+    """(N, C, T) -> (N, C, n_frames) float16 by linear interpolation at frame centres (identity if equal)."""
+    t = framewise.shape[-1]
+    if t == n_frames:
+        return framewise.astype(np.float16)
+    src = (np.arange(t) + 0.5) / t
+    dst = (np.arange(n_frames) + 0.5) / n_frames
+    flat = framewise.reshape(-1, t).astype(np.float32)
+    out = np.stack([np.interp(dst, src, row) for row in flat]) if len(flat) else np.zeros((0, n_frames))
+    return out.reshape(*framewise.shape[:-1], n_frames).astype(np.float16)
+
+
+def calibrate(stack: TeacherStack, prior: str | Sequence[float] | np.ndarray) -> TeacherStack:
+    """Odds-scale each teacher, per class, so its mean clip score over these recordings maps to ``prior``.
+
+    The same factor is applied to every frame of the class (odds scaling is monotonic, so the max over
+    time of the scaled frames is still the scaled clip score). ``"estimated"`` uses the mean clip score
+    of all teachers as the prior, which pulls teachers onto a common scale without outside knowledge.
+    """
+    if isinstance(prior, str):
+        if prior != "estimated":
+            raise ValueError(f"calibrate_prior must be None, 'estimated' or per-class values, got {prior!r}")
+        prior = stack.clip.astype(np.float64).mean(axis=(0, 1))
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (stack.n_classes,):
+        raise ValueError(f"calibrate_prior has shape {prior.shape}, the teachers have {stack.n_classes} classes")
+    for k in range(stack.n_teachers):
+        reference = stack.clip[k].astype(np.float64).mean(axis=0)
+        stack.clip[k] = odds_scale_to_prior(stack.clip[k], prior, reference)
+        if stack.framewise is not None:
+            frames = stack.framewise[k]                                     # (N, C, T)
+            flat = np.moveaxis(frames, 1, -1).reshape(-1, stack.n_classes)  # (N*T, C)
+            scaled = odds_scale_to_prior(flat, prior, reference).reshape(frames.shape[0], frames.shape[2], -1)
+            stack.framewise[k] = np.moveaxis(scaled, -1, 1).astype(np.float16)
+    return stack
+
+
+def round_of(name: str) -> int | None:
+    """``round2_coteach`` -> 2; names without a round number (``bootstrap``) -> None."""
+    match = re.search(r"round(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def register_stage(stage) -> PoolEntry:
+    """Add a finished :class:`~rfcx_lightning.stages.runner.KFoldStage` run to its workspace's pool.
+
+    Called by ``KFoldStage.finalize`` on rank 0 after its outputs are written; provenance is taken from
+    the stage's ``state.json`` record (config, per-fold checkpoints and metrics, scores).
+    """
+    record = stage.state.stage(stage.name)
+    checkpoints = {}
+    for fold, info in sorted(record.get("folds", {}).items()):
+        ckpt_dir = stage.dir / f"fold{fold}" / "checkpoints"
+        checkpoints[fold] = {"last": info.get("checkpoint"),
+                             "best": stage.state.relative(ckpt_dir / "best.ckpt")
+                             if (ckpt_dir / "best.ckpt").exists() else None,
+                             "val_metrics": info.get("metrics", {})}
+    provenance = {"run": stage.name, "config": record.get("config"), "checkpoints": checkpoints,
+                  "metrics": record.get("metrics", {}), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    pool = PseudoLabelPool(stage.ctx.workspace)
+    return pool.add(stage.name, stage.kind, stage.dir / "oof_framewise.npz", stage.dir / "test_framewise.npz",
+                    provenance, round=stage.cfg.stage.get("round") if "stage" in stage.cfg else None)

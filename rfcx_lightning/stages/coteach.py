@@ -1,0 +1,279 @@
+"""Stage ``coteach``: two networks learn from the pool's pseudo labels, each filtering the other's noise.
+
+The teachers are earlier stages' predictions in the pseudo-label pool (after ``stage=bootstrap``, the
+bootstrap's out-of-fold and test predictions). Training crops mix TP/FP box crops with random windows
+(:mod:`rfcx_lightning.pseudo.crops`); targets are the teachers' framewise probabilities with the TP/FP
+labels on top. Two detectors of the same architecture, built from different seeds and augmented
+independently, train side by side; each updates only on the pseudo cells its peer finds small-loss
+(:mod:`rfcx_lightning.pseudo.coteaching`), TP/FP cells always count. Prediction is the mean of the two
+networks' probabilities. Optionally (``coteach.ema.enabled``) each network also keeps an exponential
+moving average of itself, a mean teacher whose outputs it is pulled towards on every cell.
+
+Outputs are those of every K-fold stage (OOF and test framewise predictions, ``oof.csv``,
+``submission.csv``, ``state.json``), and the runner adds them to the pool for the next round.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..data.datamodule import FoldDataModule, box_anchors
+from ..features.augment import waveform_gain_noise
+from ..inference import predict_framewise
+from ..models.detector import build_detector
+from ..models.init import apply_init_from
+from ..pseudo.coteaching import coteaching_losses, consistency_loss, drop_rate_at, linear_ramp
+from ..pseudo.crops import PseudoCropDataset, RandomCropSource
+from ..pseudo.pool import PoolError, PseudoLabelPool, TeacherStack
+from ..pseudo.targets import EpochItemSampler, TeacherSampler
+from .base import StageModule, labelled_classes
+from .runner import KFoldStage
+
+log = logging.getLogger(__name__)
+
+_PROB_EPS = 1e-6
+
+
+class MeanProbabilityEnsemble(nn.Module):
+    """Networks whose outputs are averaged as probabilities, returned as logits of that mean.
+
+    Returning logits keeps the detector interface, so :func:`~rfcx_lightning.inference.predict_framewise`
+    (whole or windowed) and the masked validation metric work on the pair unchanged. Built on the fly and
+    not registered as a submodule, so the checkpoint holds each network's weights once.
+    """
+
+    def __init__(self, networks: list[nn.Module]):
+        super().__init__()
+        self.networks = networks  # a plain list on purpose: not registered
+
+    @property
+    def frontend(self) -> nn.Module:
+        return self.networks[0].frontend
+
+    def forward(self, wave: Tensor, active: Tensor | None = None) -> dict[str, Tensor]:
+        outs = [net.forward_spectrogram(net.spectrogram(wave), active=active) for net in self.networks]
+        return {key: torch.logit(torch.stack([torch.sigmoid(o[key].float()) for o in outs]).mean(0)
+                                 .clamp(_PROB_EPS, 1 - _PROB_EPS)) for key in ("framewise_logits", "clip_logits")}
+
+
+class CoteachModule(StageModule):
+    """``self.model`` (from the base) and ``self.peer``: the co-teaching pair; optional EMA mean teachers.
+
+    Automatic optimisation with the base's single AdamW: the two losses depend on disjoint parameters
+    (the peer's selection is computed on detached losses), so one optimizer over the sum is exactly two
+    independent AdamW updates, and checkpointing, resuming and AMP stay Lightning's.
+    """
+
+    def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
+                 predict: dict | None = None, coteach: dict | None = None):
+        super().__init__(n_classes, model, optim, augment, loss, predict)
+        self.coteach = dict(coteach or {})
+        with torch.random.fork_rng():  # a different initialisation, without disturbing the global stream
+            torch.manual_seed(int(self.coteach.get("peer_seed", 1)))
+            self.peer = build_detector(n_classes, model, augment.get("spec_augment"))
+        if model.get("init_from"):  # both start from the same earlier backbone; heads still differ
+            apply_init_from(self.peer, model["init_from"])
+        ema = dict(self.coteach.get("ema") or {})
+        self.use_ema = bool(ema.get("enabled", False))
+        if self.use_ema:
+            avg = get_ema_multi_avg_fn(float(ema.get("decay", 0.999)))
+            self.ema_model = AveragedModel(self.model, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
+            self.ema_peer = AveragedModel(self.peer, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
+        if augment.get("mixup_p", 0) > 0:
+            log.warning("coteach ignores augment.mixup_p: both networks must see the same targets for the "
+                        "peer's selection to refer to the same cells")
+
+    # -- the pair --------------------------------------------------------------------------------------
+    def networks(self) -> list[nn.Module]:
+        return [self.model, self.peer]
+
+    def predictor(self) -> MeanProbabilityEnsemble:
+        """What validates and predicts: the mean of the pair (of their EMA copies with ``ema.predict``)."""
+        if self.use_ema and self.coteach.get("ema", {}).get("predict", True):
+            return MeanProbabilityEnsemble([self.ema_model.module, self.ema_peer.module])
+        return MeanProbabilityEnsemble(self.networks())
+
+    def progress_epochs(self, batch_idx: int) -> float:
+        """Fractional epochs done, for the ramps (the trainer's own counters, so resuming keeps them)."""
+        n_batches = self.trainer.num_training_batches if self._trainer is not None else float("inf")
+        fraction = batch_idx / n_batches if np.isfinite(n_batches) and n_batches > 0 else 0.0
+        return self.current_epoch + fraction
+
+    def network_logits(self, net: nn.Module, wave: Tensor, active: Tensor) -> Tensor:
+        """One network's framewise logits under its own random gain/noise and SpecAugment draws."""
+        p = self.hparams.augment.get("gain_noise_p", 0)
+        if p > 0:
+            wave = waveform_gain_noise(wave, p=p)
+        return net.forward_spectrogram(net.spectrogram(wave), active=active)["framewise_logits"]
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        wave, targets, weights, box = batch["wave"], batch["targets"], batch["weights"], batch["box_mask"]
+        active = labelled_classes(weights)
+        logits = [self.network_logits(net, wave, active) for net in self.networks()]
+        progress = self.progress_epochs(batch_idx)
+        drop = drop_rate_at(progress, float(self.coteach.get("drop_rate", 0.2)),
+                            float(self.coteach.get("ramp_epochs", 5)))
+        out = coteaching_losses(logits[0], logits[1], targets, weights, box, drop)
+        loss = out.loss_a + out.loss_b
+        n = len(wave)
+        if self.use_ema:
+            ema = self.coteach["ema"]
+            weight = float(ema.get("consistency_weight", 1.0)) * linear_ramp(progress, float(ema.get("ramp_epochs", 0)))
+            consistency = sum(consistency_loss(student, self.mean_teacher_logits(teacher, wave, active))
+                              for student, teacher in zip(logits, (self.ema_model, self.ema_peer)))
+            loss = loss + weight * consistency
+            self.log("train/consistency", consistency, batch_size=n)
+        self.log_dict({"train/loss_model": out.loss_a, "train/loss_peer": out.loss_b, "train/drop_rate": drop},
+                      batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    @torch.no_grad()
+    def mean_teacher_logits(self, teacher: AveragedModel, wave: Tensor, active: Tensor) -> Tensor:
+        """The EMA copy's logits on the clean crop, in eval mode (no dropout, running BN statistics)."""
+        was_training = teacher.training
+        teacher.eval()
+        try:
+            net = teacher.module
+            return net.forward_spectrogram(net.spectrogram(wave), active=active)["framewise_logits"]
+        finally:
+            teacher.train(was_training)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.use_ema:
+            self.ema_model.update_parameters(self.model)
+            self.ema_peer.update_parameters(self.peer)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.predictor()(batch["wave"], active=labelled_classes(batch["mask"]))["framewise_logits"]
+        loss = self.loss_fn(logits, batch["targets"], batch["mask"])
+        self.val_auroc.update(logits.float(), batch["targets"], batch["mask"])
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["wave"]))
+        return loss
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        framewise, clip = predict_framewise(self.predictor(), batch["wave"], **self.predict_cfg)
+        return {"index": batch["index"], "framewise": framewise, "clip": clip}
+
+
+class CoteachDataModule(FoldDataModule):
+    """The runner's fold data module (validation on the held-out fold's TP/FP crops, prediction sets),
+    with training items from :class:`~rfcx_lightning.pseudo.crops.PseudoCropDataset`.
+
+    Built from the runner's :class:`FoldDataModule` so folds, crops and loaders are configured in one
+    place. Random crops never come from the held-out fold: its out-of-fold predictions must not have seen
+    its audio.
+    """
+
+    def __init__(self, base: FoldDataModule, train_stack: TeacherStack, test_source: RandomCropSource | None,
+                 settings: dict):
+        crop = {k: v for k, v in base.crop_kwargs.items() if k != "n_classes"}
+        super().__init__(base.cache, base.train_set, base.fold_of_recording, base.fold, base.n_classes, **crop,
+                         batch_size=base.batch_size, predict_batch_size=base.predict_batch_size,
+                         num_workers=base.num_workers, tp_repeat=base.tp_repeat, fp_fraction=base.fp_fraction,
+                         seed=base.seed, predict_sets=base.predict_sets)
+        self.train_stack = train_stack
+        self.test_source = test_source
+        self.settings = dict(settings)
+
+    def output_frames(self) -> int:
+        """Frames the model outputs for one crop, asked of the model being trained (labels live on it)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.lightning_module is None:
+            raise RuntimeError("CoteachDataModule needs an attached trainer to know the model's output grid; "
+                               "call train_dataset(n_frames=...) outside a Trainer")
+        return int(trainer.lightning_module.model.output_frames(int(round(self.crop_kwargs["crop_seconds"] *
+                                                                          self.crop_kwargs["sample_rate"]))))
+
+    def train_dataset(self, n_frames: int | None = None) -> PseudoCropDataset:
+        settings, boxes = self.settings, self.train_set.boxes
+        training = self.fold_of_recording != self.fold
+        anchors = box_anchors(boxes, training, self.tp_repeat)
+        n_tp = int(boxes.is_tp[anchors].sum())
+        n_items = settings.get("epoch_items") or n_tp + int(round(self.fp_fraction * (len(anchors) - n_tp)))
+        train_ids = tuple(np.asarray(self.train_set.recording_ids)[training])
+        sources = [RandomCropSource("train", train_ids, self.train_stack, boxes)]
+        if self.test_source is not None:
+            sources.append(self.test_source)
+        hard = settings.get("targets", "soft") == "hard"
+        return PseudoCropDataset(
+            self.cache, self.train_set, self.train_stack, anchors, sources,
+            n_classes=self.n_classes, crop_seconds=self.crop_kwargs["crop_seconds"],
+            n_frames=n_frames or self.output_frames(), sample_rate=self.crop_kwargs["sample_rate"],
+            duration_s=self.crop_kwargs["duration_s"], n_items=int(n_items),
+            p_box_crop=float(settings.get("p_box_crop", 0.5)), fp_fraction=self.fp_fraction,
+            pseudo_weight=float(settings.get("pseudo_weight", 0.5)),
+            hard_threshold=float(settings.get("hard_threshold", 0.5)) if hard else None,
+            teacher_sampler=TeacherSampler(self.train_stack.n_teachers, self.seed + self.fold,
+                                           mode=str(settings.get("teacher", "mean"))),
+            seed=self.seed + self.fold)
+
+    def train_dataloader(self):
+        dataset = self.train_dataset()
+        sampler = EpochItemSampler(len(dataset), seed=self.seed + self.fold)
+        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=len(dataset) > self.batch_size,
+                            sampler=sampler)
+
+
+class CoteachStage(KFoldStage):
+    """K folds of :class:`CoteachModule` on pool targets; outputs and resume are the runner's.
+
+    The teachers are chosen once (``coteach.teachers``: ``latest``, ``all`` or a list of names, never this
+    run itself) and pinned in ``state.json``, so a resumed run trains every fold on the same targets even
+    if the pool grew in between.
+    """
+
+    kind = "coteach"
+    module_class = CoteachModule
+
+    def __init__(self, ctx, name: str | None = None):
+        super().__init__(ctx, name)
+        if "coteach" not in self.cfg:
+            raise ValueError("stage=coteach needs a `coteach:` config block (see stages/coteach.yaml)")
+        self.settings = OmegaConf.to_container(self.cfg.coteach, resolve=True)
+        if self.settings.get("peer_seed") is None:
+            self.settings["peer_seed"] = int(self.cfg.seed) + 1000
+        self.module_class = functools.partial(CoteachModule, coteach=self.settings)
+        pool = PseudoLabelPool(ctx.workspace, writable=False)
+        record = self.state.stage(self.name)
+        pinned = record.get("teachers")
+        try:
+            entries = pool.select(pinned or self.settings.get("teachers", "latest"), exclude=[self.name])
+        except PoolError as err:
+            raise PoolError(f"stage={self.kind}: {err}") from err
+        if not pinned:
+            record["teachers"] = [e.name for e in entries]
+            self.state.save()
+        log.info("%s: teachers %s", self.name, [e.name for e in entries])
+        prior = self.teacher_prior()
+        self.train_stack = pool.load(entries, "train", ctx.train.recording_ids, calibrate_prior=prior)
+        self.test_source = None
+        if self.settings.get("include_test", False):
+            test_stack = pool.load(entries, "test", ctx.test_ids, calibrate_prior=prior)
+            self.test_source = RandomCropSource("test", tuple(ctx.test_ids), test_stack, None)
+
+    def teacher_prior(self):
+        """``coteach.calibrate``: ``prior`` (score.prior per class), ``estimated``, or ``none``."""
+        mode = str(self.settings.get("calibrate", "prior")).lower()
+        if mode in ("none", "false", "null"):
+            return None
+        if mode == "estimated":
+            return "estimated"
+        if mode == "prior":
+            if self.ctx.prior is None:
+                raise ValueError("coteach.calibrate=prior needs score.prior; set it or use "
+                                 "coteach.calibrate=estimated|none")
+            return self.ctx.prior[self.ctx.scheme.species_of_class]
+        raise ValueError(f"coteach.calibrate={mode!r}: choose prior, estimated or none")
+
+    def build_datamodule(self, fold: int) -> CoteachDataModule:
+        return CoteachDataModule(super().build_datamodule(fold), self.train_stack, self.test_source, self.settings)

@@ -1,0 +1,241 @@
+"""Stage ``noisy_student``: a (possibly larger) student learns weak clip labels from the pool's teachers.
+
+Training items are whole 60 s recordings: the training folds' train recordings, and with
+``noisy_student.include_test`` the test recordings too (they carry no annotation, but the teachers have
+an opinion on them, which is the point of pseudo labelling). Each item's target is one score per class:
+
+* the clip score of a teacher from the pool, drawn at random per item and per epoch (Xie et al.'s noisy
+  student uses one teacher; drawing among several stages' predictions adds label noise the student
+  cannot fit exactly), odds-scaled toward the class prior first (``calibrate``), soft or thresholded
+  (``hard_threshold``), at loss weight ``pseudo_weight``;
+* overridden at weight 1 by the recording's TP boxes: a class with a TP box anywhere in the minute is
+  present, whatever the teacher thinks.
+* FP boxes do not touch clip targets. An FP box says one detection of class c at one moment was wrong;
+  it does not prove that c never calls during the other 59 s, and in RFCx many FP recordings do contain
+  the species elsewhere. Turning FP into a clip negative would teach the student to suppress real calls,
+  so the teacher's (down-weighted) opinion stands for that class.
+
+The loss is the shared masked loss on ``clip_logits`` with the weight as mask; inputs are heavily
+augmented (gain/noise, SpecAugment, mixup; the ``noisy_student.augment`` block). Validation, prediction
+and outputs are the shared ones: held-out TP/FP box crops, OOF and test framewise predictions, and the
+run's predictions join the pool for the next round.
+
+Out-of-fold caveat: a teacher's OOF score for a training recording comes from a teacher fold model that
+saw the other folds' boxes, including this student fold's held-out boxes, so the student's OOF score is
+slightly optimistic (the usual price of OOF pseudo labels; test scores are unaffected).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.audio import AudioCache
+from ..data.datamodule import FoldDataModule
+from ..data.labels import BoxIndex
+from ..data.labels import clip_targets as box_clip_targets
+from ..pseudo.pool import PoolEntry, PoolError, PseudoLabelPool, TeacherStack
+from ..pseudo.targets import EpochItemSampler, TeacherSampler, clip_targets, override_with_boxes
+from .base import StageModule
+from .runner import KFoldStage
+
+
+def weak_clip_targets(stack: TeacherStack, teacher: int | str, row: int, boxes: BoxIndex | None,
+                      box_row: int, n_classes: int, source: str = "clip", hard_threshold: float | None = None,
+                      pseudo_weight: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, weights) float32 (C,) of one recording: teacher clip scores, TP classes set to 1 at weight 1.
+
+    ``row`` is the recording's row in ``stack``; ``box_row`` its row in ``boxes`` (-1 or ``boxes=None``
+    for a recording without annotations, e.g. a test recording). FP boxes are ignored at clip level.
+    """
+    pseudo = clip_targets(stack, teacher, row, source=source, hard_threshold=hard_threshold)
+    if pseudo.shape != (n_classes,):
+        raise ValueError(f"teachers {stack.names} predict {pseudo.shape[0]} classes, the stage has {n_classes}")
+    if boxes is None or box_row < 0:
+        box_t = box_m = np.zeros(n_classes, np.float32)
+    else:
+        box_t, box_m = box_clip_targets(boxes, box_row, n_classes)
+    return override_with_boxes(pseudo, None, box_t, box_m, pseudo_weight)
+
+
+class WeakClipDataset(Dataset):
+    """Whole recordings with weak clip targets; indexed by ``(epoch, item)`` from :class:`EpochItemSampler`.
+
+    ``items`` are (split, recording_id, stack_row, box_row); ``stacks`` maps a split to its teacher stack.
+    """
+
+    def __init__(self, cache: AudioCache, items: Sequence[tuple[str, str, int, int]],
+                 stacks: dict[str, TeacherStack], boxes: BoxIndex, n_classes: int, n_samples: int,
+                 teacher_sampler: TeacherSampler, source: str = "clip", hard_threshold: float | None = None,
+                 pseudo_weight: float = 0.5):
+        self.cache, self.items, self.stacks, self.boxes = cache, list(items), stacks, boxes
+        self.n_classes, self.n_samples = n_classes, n_samples
+        self.teacher_sampler = teacher_sampler
+        self.target_kwargs = dict(source=source, hard_threshold=hard_threshold, pseudo_weight=pseudo_weight)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def targets(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        split, _, row, box_row = self.items[i]
+        return weak_clip_targets(self.stacks[split], self.teacher_sampler(epoch, i), row,
+                                 self.boxes if split == "train" else None, box_row, self.n_classes,
+                                 **self.target_kwargs)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
+        epoch, i = key if isinstance(key, tuple) else (0, int(key))
+        split, rid, _, _ = self.items[i]
+        wave = self.cache.read(split, rid, 0, self.n_samples)
+        targets, weights = self.targets(epoch, i)
+        return {"wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+                "targets": torch.from_numpy(targets), "mask": torch.from_numpy(weights)}
+
+
+class WeakClipDataModule(pl.LightningDataModule):
+    """Training on :class:`WeakClipDataset`; validation and prediction delegated to a :class:`FoldDataModule`.
+
+    The fold's data module keeps the held-out TP/FP crops (validation) and the OOF/test prediction sets,
+    so the runner drives this module exactly like the bootstrap one (``predict_sets``, ``predict_name``).
+    """
+
+    def __init__(self, fold_data: FoldDataModule, dataset: WeakClipDataset, batch_size: int, seed: int):
+        super().__init__()
+        self.fold_data, self.dataset = fold_data, dataset
+        self.batch_size, self.seed = batch_size, seed
+
+    @property
+    def predict_sets(self):
+        return self.fold_data.predict_sets
+
+    @property
+    def predict_name(self):
+        return self.fold_data.predict_name
+
+    @predict_name.setter
+    def predict_name(self, name: str | None) -> None:
+        self.fold_data.predict_name = name
+
+    def setup(self, stage: str | None = None) -> None:
+        self.fold_data.trainer = self.trainer  # world size for the unrepeated validation sampler
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.dataset) == 0:
+            raise ValueError(f"fold {self.fold_data.fold}: no recordings to train the student on")
+        sampler = EpochItemSampler(len(self.dataset), seed=self.seed + self.fold_data.fold)
+        drop_last = len(self.dataset) > self.batch_size  # avoid a 1-item batch (BatchNorm) when there is enough
+        return self.fold_data._loader(self.dataset, self.batch_size, shuffle=False, drop_last=drop_last,
+                                      sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.fold_data.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.fold_data.predict_dataloader()
+
+
+class NoisyStudentModule(StageModule):
+    """The base's masked loss on the clip logits (weights as the mask) after the shared heavy augmentation."""
+
+    target_output = "clip_logits"
+
+
+class NoisyStudentStage(KFoldStage):
+    """K folds of a student on weak clip labels from the pool; outputs and pool entry like every stage."""
+
+    kind = "noisy_student"
+    module_class = NoisyStudentModule
+
+    def __init__(self, ctx, name: str | None = None):
+        super().__init__(ctx, name)
+        if "noisy_student" not in self.cfg:
+            raise KeyError("stage=noisy_student needs a `noisy_student:` config block (stages/noisy_student.yaml)")
+        self.options = self.cfg.noisy_student
+        self.cfg = self.student_config()
+        self._stacks: dict[str, TeacherStack] | None = None
+
+    def student_config(self):
+        """The run config with the student's overrides applied (so ``state.json`` records what ran)."""
+        cfg, ns = self.cfg.copy(), self.options
+        if ns.get("backbone"):
+            cfg.model.backbone = ns.backbone
+        if ns.get("augment"):
+            cfg.augment = OmegaConf.merge(cfg.augment, ns.augment)
+        if ns.get("batch_size"):
+            cfg.loader.batch_size = int(ns.batch_size)
+        if ns.get("max_epochs"):
+            cfg.trainer.max_epochs = int(ns.max_epochs)
+        return cfg
+
+    # -- teachers ---------------------------------------------------------------------------------------
+    def teachers(self) -> list[PoolEntry]:
+        """The pool entries this run learns from, never its own predictions.
+
+        Chosen once and pinned in ``state.json`` (``teachers``), so a resumed run trains every fold on the
+        same targets even if the pool grew in between.
+        """
+        record = self.state.stage(self.name)
+        teachers = record.get("teachers") or self.options.get("teachers", "all")
+        if not isinstance(teachers, str):
+            teachers = [str(t) for t in teachers]
+        pool = PseudoLabelPool(self.ctx.workspace, writable=False)
+        try:
+            entries = pool.select(teachers, exclude=[self.name])
+        except PoolError as err:
+            raise PoolError(f"stage={self.kind}: {err}") from err
+        if not record.get("teachers"):
+            record["teachers"] = [e.name for e in entries]
+            self.state.save()
+        return entries
+
+    def calibration_prior(self) -> str | np.ndarray | None:
+        mode = str(self.options.get("calibrate", "prior"))
+        if mode in ("none", "None", "false", "False"):
+            return None
+        if mode == "estimated":
+            return "estimated"
+        if mode != "prior":
+            raise ValueError(f"noisy_student.calibrate={mode!r}: choose prior, estimated or none")
+        if self.ctx.prior is None:
+            raise ValueError("noisy_student.calibrate=prior needs score.prior (e.g. rfcx_test); "
+                             "or set noisy_student.calibrate=estimated|none")
+        return self.ctx.prior[self.ctx.scheme.species_of_class]  # species prior -> each class of the scheme
+
+    def stacks(self) -> dict[str, TeacherStack]:
+        """Teacher stacks per split, loaded once per run (clip scores only unless framewise_max is asked)."""
+        if self._stacks is None:
+            entries, ctx = self.teachers(), self.ctx
+            pool = PseudoLabelPool(ctx.workspace, writable=False)
+            frames = self.options.get("clip_source", "clip") == "framewise_max"
+            prior = self.calibration_prior()
+            self._stacks = {"train": pool.load(entries, "train", ctx.train.recording_ids, prior, frames=frames)}
+            if self.options.get("include_test", False):
+                self._stacks["test"] = pool.load(entries, "test", ctx.test_ids, prior, frames=frames)
+        return self._stacks
+
+    # -- builders ---------------------------------------------------------------------------------------
+    def build_datamodule(self, fold: int) -> WeakClipDataModule:
+        ctx, ns = self.ctx, self.options
+        fold_data = super().build_datamodule(fold)
+        stacks = self.stacks()
+        items = [("train", rid, i, i) for i, (rid, f) in
+                 enumerate(zip(ctx.train.recording_ids, ctx.fold_of_recording)) if f != fold]
+        if "test" in stacks:
+            items += [("test", rid, j, -1) for j, rid in enumerate(ctx.test_ids)]
+        sampler = TeacherSampler(stacks["train"].n_teachers, seed=int(self.cfg.seed),
+                                 mode=str(ns.get("teacher_mode", "sample")))
+        hard = ns.get("hard_threshold")
+        dataset = WeakClipDataset(
+            ctx.cache, items, stacks, ctx.train.boxes, ctx.scheme.n_classes, fold_data.n_samples, sampler,
+            source=str(ns.get("clip_source", "clip")), hard_threshold=None if hard is None else float(hard),
+            pseudo_weight=float(ns.get("pseudo_weight", 0.5)))
+        return WeakClipDataModule(fold_data, dataset, batch_size=int(self.cfg.loader.batch_size),
+                                  seed=int(self.cfg.seed))
+
+    def run(self):
+        self.stacks()  # fail before any training when the pool is empty or a teacher file is broken
+        return super().run()

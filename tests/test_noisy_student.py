@@ -1,0 +1,115 @@
+"""stage=noisy_student: weak clip targets, per-epoch teachers, config overrides, and the CLI after bootstrap."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rfcx_lightning.data.labels import BoxIndex
+from rfcx_lightning.pseudo.pool import PoolError, PseudoLabelPool, TeacherStack
+from rfcx_lightning.pseudo.targets import TeacherSampler
+from rfcx_lightning.run import load_config, main
+from rfcx_lightning.stages.noisy_student import NoisyStudentStage, WeakClipDataset, weak_clip_targets
+
+from .conftest import smoke_args
+
+C = 4
+
+
+def boxes():
+    """r0: TP of class 0 and FP of class 1; r1: FP of class 2 only; r2: nothing."""
+    frame = pd.DataFrame({"recording_id": ["r0", "r0", "r1"], "class_index": [0, 1, 2],
+                          "t_min": [1.0, 5.0, 9.0], "t_max": [2.0, 6.0, 10.0], "f_min": [100.0] * 3,
+                          "f_max": [900.0] * 3, "is_tp": [True, False, False]})
+    return BoxIndex.from_frame(frame, ["r0", "r1", "r2"])
+
+
+def stack():
+    """Two teachers on r0..r2; teacher 1 is teacher 0 shifted up by 0.2."""
+    clip0 = np.array([[0.1, 0.7, 0.4, 0.2], [0.3, 0.6, 0.9, 0.05], [0.5, 0.5, 0.5, 0.5]], np.float32)
+    return TeacherStack(names=["a", "b"], recording_ids=["r0", "r1", "r2"],
+                        clip=np.stack([clip0, clip0 + 0.2]), framewise=None, frames_per_second=1.0)
+
+
+def test_tp_boxes_win_at_weight_1_and_fp_boxes_leave_the_teacher_in_charge():
+    targets, weights = weak_clip_targets(stack(), 0, 0, boxes(), 0, C, pseudo_weight=0.5)
+    np.testing.assert_allclose(targets, [1.0, 0.7, 0.4, 0.2])        # TP class 0 -> 1 despite teacher 0.1
+    np.testing.assert_allclose(weights, [1.0, 0.5, 0.5, 0.5])        # FP class 1: teacher's 0.7 at 0.5
+    targets, weights = weak_clip_targets(stack(), 1, 1, boxes(), 1, C, pseudo_weight=0.3)
+    np.testing.assert_allclose(targets, [0.5, 0.8, 1.1, 0.25], atol=1e-6)   # FP-only recording: all pseudo
+    np.testing.assert_allclose(weights, [0.3] * 4)
+
+
+def test_hard_mean_and_unannotated_recordings():
+    targets, weights = weak_clip_targets(stack(), "mean", 2, None, -1, C, hard_threshold=0.55)
+    assert targets.tolist() == [1.0, 1.0, 1.0, 1.0] and weights.tolist() == [0.5] * 4   # mean 0.6 >= 0.55
+    targets, _ = weak_clip_targets(stack(), 0, 0, boxes(), 0, C, hard_threshold=0.5)
+    assert targets.tolist() == [1.0, 1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="predict 4 classes, the stage has 5"):
+        weak_clip_targets(stack(), 0, 0, boxes(), 0, 5)
+
+
+def test_dataset_draws_a_teacher_per_item_per_epoch():
+    items = [("train", rid, i, i) for i, rid in enumerate(["r0", "r1", "r2"])]
+    items += [("test", "t0", 0, -1)]
+    test_stack = TeacherStack(["a", "b"], ["t0"], np.array([[[0.2] * C], [[0.4] * C]], np.float32), None, 1.0)
+    dataset = WeakClipDataset(None, items, {"train": stack(), "test": test_stack}, boxes(), C, 10,
+                              TeacherSampler(2, seed=3))
+    sampler = TeacherSampler(2, seed=3)
+    for epoch in range(6):
+        for i in range(3):
+            expected = stack().clip[sampler(epoch, i), i]
+            targets, _ = dataset.targets(epoch, i)
+            np.testing.assert_allclose(targets[1:], expected[1:])
+        assert dataset.targets(epoch, 0)[0][0] == 1.0                    # the TP class, every epoch
+    seen = {round(float(dataset.targets(epoch, 2)[0][0]), 3) for epoch in range(20)}
+    assert seen == {0.5, 0.7}                             # both teachers over the epochs
+    targets, weights = dataset.targets(0, 3)                             # a test recording: pool only
+    assert {round(float(t), 3) for t in targets} in ({0.2}, {0.4}) and weights.tolist() == [0.5] * C
+
+
+def test_student_overrides_apply_after_the_preset(tmp_path):
+    cfg = load_config(["stage=noisy_student", "preset=cpu", f"workspace={tmp_path}",
+                       "noisy_student.backbone=resnet18", "noisy_student.max_epochs=3"])
+    ctx = SimpleNamespace(cfg=cfg, workspace=tmp_path, is_global_zero=True)
+    stage = NoisyStudentStage(ctx, name="round1_noisy_student")
+    assert cfg.augment.mixup_p == 0.0                                    # the cpu preset turns it off...
+    assert stage.cfg.augment.mixup_p == 0.8 and stage.cfg.augment.spec_augment.p == 0.8   # ...the student not
+    assert stage.cfg.model.backbone == "resnet18" and stage.cfg.trainer.max_epochs == 3
+    assert stage.cfg.loader.batch_size == 8
+    with pytest.raises(PoolError, match="stage=noisy_student: .*run stage=bootstrap first"):
+        stage.teachers()
+
+
+@pytest.mark.slow
+def test_cli_bootstrap_then_noisy_student(tmp_path, smoke_data_root):
+    ws = tmp_path / "ws"
+    args = smoke_args(ws, smoke_data_root, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
+    student = ["stage=noisy_student"] + args[1:]
+    with pytest.raises(PoolError, match="run stage=bootstrap first"):
+        main(student)
+    assert not (ws / "round1_noisy_student" / "fold0").exists()          # failed before any training
+
+    assert main(args) == 0
+    assert main(student) == 0
+    out = ws / "round1_noisy_student"
+    for name in ("oof_framewise.npz", "test_framewise.npz", "oof.csv", "submission.csv", "submission_raw.csv"):
+        assert (out / name).exists(), name
+    with np.load(out / "oof_framewise.npz") as frames:
+        assert frames["framewise"].dtype == np.float16 and frames["framewise"].shape[:2] == (12, 24)
+    submission = pd.read_csv(ws / "submission.csv", dtype={"recording_id": str})
+    assert len(submission) == 6 and np.isfinite(submission.iloc[:, 1:].to_numpy()).all()
+
+    state = json.loads((ws / "state.json").read_text())["stages"]["round1_noisy_student"]
+    assert state["teachers"] == ["bootstrap"]
+    assert [state["folds"][str(k)]["status"] for k in range(2)] == ["done", "done"]
+    assert state["config"]["augment"]["mixup_p"] == 0.8
+    entries = PseudoLabelPool(ws, writable=False).entries()
+    assert [(e.name, e.kind, e.round) for e in entries] == [("bootstrap", "bootstrap", None),
+                                                           ("round1_noisy_student", "noisy_student", 1)]
+    assert entries[1].provenance["checkpoints"]["0"]["last"].endswith("fold0/checkpoints/last.ckpt")
+    assert not list(ws.rglob("*.tmp"))
