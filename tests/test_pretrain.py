@@ -109,14 +109,16 @@ def stage_module_kinds() -> list[str]:
 
 
 def build_stage_module(kind: str, *overrides: str) -> StageModule:
-    """``kind``'s LightningModule from its own recipe (smoke preset), built as the K-fold runner builds it.
+    """``kind``'s LightningModule from its own recipe (smoke preset), built as the K-fold runner builds it
+    (the runner adds the class bands the band detectors need from the boxes; here they are made up).
 
     Built from the config rather than through the stage object, because some stages (coteach) need an
     earlier stage's predictions before they can be constructed; the module itself does not.
     """
     cfg = load_config([f"stage={kind}", "preset=smoke", *overrides])
     container = OmegaConf.to_container(cfg, resolve=True)
-    return stage_class(kind).module_class(n_classes=24, model=container["model"], optim=container["optim"],
+    model = dict(container["model"], class_bands=[[1000.0 + 100 * c, 4000.0 + 100 * c] for c in range(24)])
+    return stage_class(kind).module_class(n_classes=24, model=model, optim=container["optim"],
                                           augment=container["augment"], loss=container["loss"],
                                           predict=container["predict"])
 
