@@ -34,3 +34,15 @@ def run_cli_subprocess(args: list[str], timeout: float = 600, **kwargs) -> subpr
                PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "rfcx_lightning.run", *args], cwd=str(REPO), env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def inference_model():
+    """A tiny untrained 3-class detector at 8 kHz: enough to check prediction formats and modes."""
+    import torch
+
+    from rfcx_lightning.models.detector import SpeciesDetector
+
+    torch.manual_seed(0)
+    return SpeciesDetector(3, backbone="mobilenetv3_small_050",
+                           frontend=dict(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32, fmax=4000.0)).eval()

@@ -6,20 +6,14 @@ import pytest
 import torch
 
 from rfcx_lightning.inference import predict_framewise
-from rfcx_lightning.models.detector import SpeciesDetector
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return SpeciesDetector(3, backbone="mobilenetv3_small_050",
-                           frontend=dict(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32, fmax=4000.0)).eval()
 
 
-def test_whole_and_windows_share_the_output_format(model):
+def test_whole_and_windows_share_the_output_format(inference_model):
     wave = torch.randn(2, 8000 * 20)
-    whole_frames, whole_clip = predict_framewise(model, wave, mode="whole")
-    win_frames, win_clip = predict_framewise(model, wave, mode="windows", window_seconds=5.0,
+    whole_frames, whole_clip = predict_framewise(inference_model, wave, mode="whole")
+    win_frames, win_clip = predict_framewise(inference_model, wave, mode="windows", window_seconds=5.0,
                                              window_hop_seconds=2.5, sample_rate=8000)
     assert whole_frames.dtype == win_frames.dtype == torch.float16
     assert whole_frames.shape[:2] == win_frames.shape[:2] == (2, 3)
@@ -28,6 +22,6 @@ def test_whole_and_windows_share_the_output_format(model):
     assert ((win_frames >= 0) & (win_frames <= 1)).all() and ((win_clip >= 0) & (win_clip <= 1)).all()
 
 
-def test_unknown_mode_is_refused(model):
+def test_unknown_mode_is_refused(inference_model):
     with pytest.raises(ValueError, match="predict.mode"):
-        predict_framewise(model, torch.randn(1, 8000), mode="sliding")
+        predict_framewise(inference_model, torch.randn(1, 8000), mode="sliding")

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from rfcx_lightning.inference import combine_scales, predict_framewise
-from rfcx_lightning.models.detector import SpeciesDetector
 from rfcx_lightning.postprocess import odds_scale_to_prior
 from rfcx_lightning.run import load_config, run
 from rfcx_lightning.workspace import RunState, read_npz
@@ -112,28 +111,23 @@ def test_compares_inference_modes_and_reuses_predictions(workspace, smoke_data_r
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")} == stamps     # a rerun predicts nothing again
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return SpeciesDetector(3, backbone="mobilenetv3_small_050",
-                           frontend=dict(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32, fmax=4000.0)).eval()
 
 
-def test_multiscale_has_the_same_format_and_picks_each_class_from_its_scale(model):
+def test_multiscale_has_the_same_format_and_picks_each_class_from_its_scale(inference_model):
     wave = torch.randn(2, 8000 * 20)
-    whole, whole_clip = predict_framewise(model, wave, mode="whole")
-    win, win_clip = predict_framewise(model, wave, mode="windows", window_seconds=5.0, window_hop_seconds=2.5,
+    whole, whole_clip = predict_framewise(inference_model, wave, mode="whole")
+    win, win_clip = predict_framewise(inference_model, wave, mode="windows", window_seconds=5.0, window_hop_seconds=2.5,
                                       sample_rate=8000)
-    multi, multi_clip = predict_framewise(model, wave, mode="multiscale", window_seconds=[20.0, 5.0],
+    multi, multi_clip = predict_framewise(inference_model, wave, mode="multiscale", window_seconds=[20.0, 5.0],
                                           sample_rate=8000, class_scale=[20.0, 5.0, 20.0])
     assert multi.dtype == torch.float16 and multi.shape == whole.shape and multi_clip.shape == (2, 3)
     assert torch.equal(multi[:, 0], whole[:, 0]) and torch.equal(multi_clip[:, 2], whole_clip[:, 2])
     resampled = torch.nn.functional.interpolate(win.float(), size=whole.shape[-1], mode="linear")
     torch.testing.assert_close(multi[:, 1].float(), resampled[:, 1], atol=1e-3, rtol=0)
     torch.testing.assert_close(multi_clip[:, 1], win_clip[:, 1])
-    mean, _ = predict_framewise(model, wave, mode="multiscale", window_seconds=[20.0, 5.0], sample_rate=8000)
+    mean, _ = predict_framewise(inference_model, wave, mode="multiscale", window_seconds=[20.0, 5.0], sample_rate=8000)
     torch.testing.assert_close(mean.float(), (whole.float() + resampled) / 2, atol=2e-3, rtol=0)
     with pytest.raises(ValueError, match="not in"):
         combine_scales([whole], [whole_clip], [20.0], class_scale=[5.0, 20.0, 20.0])
     with pytest.raises(ValueError, match="predict.mode"):
-        predict_framewise(model, wave, mode="pyramid")
+        predict_framewise(inference_model, wave, mode="pyramid")
