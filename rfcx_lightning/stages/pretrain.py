@@ -135,6 +135,9 @@ class MaskedSpectrogramModule(StageModule):
 
     def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
                  predict: dict | None = None, ssl: dict | None = None):
+        # only the backbone is exported, and every detector kind builds the same one from the same
+        # front-end, so pretraining always uses the plain multi-label detector (no class bands needed)
+        model = dict(model, detector="multilabel")
         super().__init__(n_classes, model, optim, augment, loss, predict)
         ssl = dict(ssl or {})
         self.mask_ratio = float(ssl.get("mask_ratio", 0.6))
@@ -218,10 +221,7 @@ class PretrainStage(StageRun):
     # -- builders ---------------------------------------------------------------------------------------
     def build_module(self) -> MaskedSpectrogramModule:
         container = OmegaConf.to_container(self.cfg, resolve=True)
-        # only the backbone is exported, and every detector kind builds the same one from the same
-        # front-end, so pretraining uses the plain multi-label detector (no class bands needed)
-        model = dict(container["model"], detector="multilabel")
-        return self.module_class(n_classes=self.ctx.scheme.n_classes, model=model, optim=container["optim"],
+        return self.module_class(n_classes=self.ctx.scheme.n_classes, model=container["model"], optim=container["optim"],
                                  augment=container["augment"], loss=container["loss"],
                                  predict=container["predict"], ssl=container.get("pretrain") or {})
 
