@@ -38,13 +38,23 @@ class StageModule(pl.LightningModule):
                  predict: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_detector(n_classes, model, augment.get("spec_augment"))
-        if model.get("init_from"):  # after pretrained_path: an earlier stage's backbone wins over ImageNet
-            apply_init_from(self.model, model["init_from"])
+        self.model = self.build_network(n_classes, model, augment)
         loss = dict(loss)
         self.loss_fn = build_loss(loss.pop("kind"), **loss)
         self.val_auroc = MaskedFrameAUROC()
         self.predict_cfg = dict(predict or {"mode": "whole"})
+
+    @staticmethod
+    def build_network(n_classes: int, model: dict, augment: dict) -> torch.nn.Module:
+        """One detector of the ``model:`` config, started from ``model.init_from`` when given.
+
+        ``init_from`` is applied after ``pretrained_path``: an earlier stage's backbone wins over ImageNet.
+        Stages with several networks (coteach) build each one here.
+        """
+        network = build_detector(n_classes, model, augment.get("spec_augment"))
+        if model.get("init_from"):
+            apply_init_from(network, model["init_from"])
+        return network
 
     #: which output the training loss is computed on: framewise (boxes, pseudo frames) or clip (weak labels)
     target_output = "framewise_logits"

@@ -28,8 +28,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..data.datamodule import FoldDataModule, box_anchors
 from ..features.augment import waveform_gain_noise
 from ..inference import predict_framewise
-from ..models.detector import build_detector
-from ..models.init import apply_init_from
 from ..pseudo.coteaching import coteaching_losses, consistency_loss, drop_rate_at, linear_ramp
 from ..pseudo.crops import PseudoCropDataset, RandomCropSource
 from ..pseudo.pool import PoolError, PseudoLabelPool, TeacherStack
@@ -78,9 +76,7 @@ class CoteachModule(StageModule):
         self.coteach = dict(coteach or {})
         with torch.random.fork_rng():  # a different initialisation, without disturbing the global stream
             torch.manual_seed(int(self.coteach.get("peer_seed", 1)))
-            self.peer = build_detector(n_classes, model, augment.get("spec_augment"))
-        if model.get("init_from"):  # both start from the same earlier backbone; heads still differ
-            apply_init_from(self.peer, model["init_from"])
+            self.peer = self.build_network(n_classes, model, augment)  # same init_from backbone, own head
         ema = dict(self.coteach.get("ema") or {})
         self.use_ema = bool(ema.get("enabled", False))
         if self.use_ema:
