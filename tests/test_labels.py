@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rfcx_lightning.data.labels import BoxIndex, clip_targets, frame_targets, pool_frame_labels
+from rfcx_lightning.data.labels import (BoxIndex, add_unlabelled_negatives, clip_targets, frame_targets,
+                                       pool_frame_labels)
 
 
 def _boxes(rows):
@@ -152,3 +153,42 @@ def test_pool_identity():
     m = torch.tensor([[[1.0, 1.0, 0.0]]])
     out_t, out_m = pool_frame_labels(t, m, 3)
     assert out_t.tolist() == [[[1.0, 0.0, 0.0]]] and torch.equal(out_m, m)
+
+
+def test_unlabelled_negatives_pick_only_unlabelled_classes():
+    torch.manual_seed(0)
+    batch, n_classes, frames = 16, 6, 5
+    targets = torch.zeros(batch, n_classes, frames)
+    mask = torch.zeros(batch, n_classes, frames)
+    targets[:, 1, 2] = 1.0          # a TP cell of class 1 in every crop
+    mask[:, 1, 2] = 1.0
+    mask[:, 4, :3] = 1.0            # FP cells of class 4
+    weights = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    new_t, new_m = add_unlabelled_negatives(targets, mask, weights, per_item=2)
+    labelled = torch.tensor([False, True, False, False, True, False])
+    assert torch.equal(new_m[:, labelled], mask[:, labelled]) and torch.equal(new_t[:, labelled], targets[:, labelled])
+    picked = (new_m[:, ~labelled] > 0).all(-1)                          # whole-crop negatives
+    assert torch.equal(picked.sum(1), torch.full((batch,), 2))           # exactly per_item per crop
+    assert torch.equal((new_m[:, ~labelled] > 0).any(-1), picked)        # never a partial crop
+    assert torch.allclose(new_m[:, ~labelled][picked], weights[~labelled].view(1, -1, 1).expand(batch, -1, frames)[picked])
+    assert (new_t[:, ~labelled] == 0).all()
+    assert picked.any(0).all()                                           # every unlabelled class gets drawn
+
+
+def test_unlabelled_negatives_never_exceed_the_free_classes():
+    mask = torch.ones(2, 3, 4)
+    mask[0, 2] = 0.0                                                    # one free class in item 0, none in 1
+    new_t, new_m = add_unlabelled_negatives(torch.zeros(2, 3, 4), mask, torch.full((3,), 0.5), per_item=5)
+    assert torch.equal(new_m[1], mask[1])
+    assert torch.allclose(new_m[0, 2], torch.full((4,), 0.5))
+
+
+def test_negative_weights_follow_the_prior():
+    from rfcx_lightning.stages.bootstrap import negative_class_weights
+
+    prior = np.array([0.9, 0.01, 0.5])
+    assert np.allclose(negative_class_weights({"weight": 0.2}, prior, 3), 0.2 * (1 - prior))
+    assert np.allclose(negative_class_weights({"weight": 0.2, "prior_scaled": False}, prior, 3), 0.2)
+    assert np.allclose(negative_class_weights({"weight": 0.2}, None, 3), 0.2)
+    with pytest.raises(ValueError, match="negatives.weight"):
+        negative_class_weights({"weight": 2.0}, prior, 3)

@@ -189,3 +189,25 @@ def test_epoch_item_sampler_follows_the_trainer_epoch():
     assert list(sampler) == first                                              # resume: same epoch, same order
     sampler.set_epoch(4)
     assert [i for _, i in sampler] != [i for _, i in first] or len(first) < 3
+
+
+def test_sample_pseudo_classes_keeps_box_classes_and_draws_per_item():
+    import torch
+
+    from rfcx_lightning.pseudo.targets import sample_pseudo_classes
+
+    torch.manual_seed(0)
+    weights = torch.full((8, 6, 5), 0.5)
+    weights[:, 5] = 0.0                                      # a class without any label stays unlabelled
+    keep = torch.zeros(8, 6, dtype=torch.bool)
+    keep[:, 0] = True
+    weights[:, 0, :2] = 1.0
+    out = sample_pseudo_classes(weights, keep, per_item=2)
+    assert torch.equal(out[:, 0], weights[:, 0])                       # box-labelled class untouched
+    kept = (out[:, 1:5] > 0).any(-1)
+    assert torch.equal(kept.sum(1), torch.full((8,), 2))              # exactly 2 pseudo classes per item
+    assert torch.equal((out[:, 1:5] > 0).all(-1), kept)                # a class is kept whole or not at all
+    assert (out[:, 5] == 0).all()
+    assert torch.equal(sample_pseudo_classes(weights, keep, None), weights)
+    clip = sample_pseudo_classes(weights[..., 0], keep, per_item=1)    # (B, C) clip weights too
+    assert torch.equal((clip[:, 1:5] > 0).sum(1), torch.ones(8, dtype=torch.long))

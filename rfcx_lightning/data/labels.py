@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BoxIndex", "clip_targets", "frame_targets", "pool_frame_labels"]
+__all__ = ["BoxIndex", "add_unlabelled_negatives", "clip_targets", "frame_targets", "pool_frame_labels"]
 
 _BOX_COLUMNS = ("recording_id", "class_index", "t_min", "t_max", "f_min", "f_max", "is_tp")
 # Float slack for "covered at least half": frame edges are computed as start + i * d.
@@ -205,4 +205,33 @@ def clip_targets(index: BoxIndex, rec_idx: int, n_classes: int) -> tuple[np.ndar
         raise ValueError(f"class_index out of range [0, {n_classes}) for recording {index.recording_ids[rec_idx]!r}")
     targets[cls] = 1.0
     mask[cls] = 1.0
+    return targets, mask
+
+
+@torch.no_grad()
+def add_unlabelled_negatives(targets: torch.Tensor, mask: torch.Tensor, class_weight: torch.Tensor,
+                             per_item: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label ``per_item`` random unlabelled classes of each (B, C, T) crop as weak negatives.
+
+    Why: a crop around a TP/FP box of one class is, for most other classes, a stretch of ordinary
+    background in their band -- rain, insects, other species, silence. A detector that only ever sees its
+    TP calls and the template detector's FP look-alikes has never been told that such background is
+    negative, and the max over a whole minute then picks it up. Most of these cells are truly negative
+    (a rare species calls in well under 1% of the frames), so a small weight, ``class_weight[c]``
+    (typically ``w * (1 - prior_c)``, so a species present in most clips gets almost none), teaches the
+    background without letting the few unlabelled calls inside dominate. Classes with any labelled cell
+    in the crop are never picked, and labelled cells are never changed. Returns new tensors.
+    """
+    if per_item <= 0:
+        return targets, mask
+    batch, n_classes = mask.shape[:2]
+    unlabelled = ~(mask > 0).flatten(2).any(-1)                                   # (B, C)
+    draw = torch.rand(batch, n_classes, device=mask.device).masked_fill(~unlabelled, -1.0)
+    picked = torch.zeros_like(unlabelled)
+    picked.scatter_(1, draw.topk(min(per_item, n_classes), dim=1).indices, True)
+    picked &= unlabelled
+    weight = torch.as_tensor(class_weight, dtype=mask.dtype, device=mask.device).view(1, -1, 1)
+    cells = picked.unsqueeze(-1).expand_as(mask)
+    mask = torch.where(cells, weight.expand_as(mask), mask)
+    targets = torch.where(cells, torch.zeros_like(targets), targets)
     return targets, mask

@@ -15,12 +15,13 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 from .pool import TeacherStack
 
 __all__ = ["EpochItemSampler", "TeacherSampler", "clip_targets", "crop_targets", "draw_teacher",
-           "override_with_boxes"]
+           "override_with_boxes", "sample_pseudo_classes"]
 
 _EPS = 1e-9
 
@@ -155,3 +156,27 @@ class EpochItemSampler(Sampler):
         if self.shuffle:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n_items)
         return iter([(self.epoch, int(i)) for i in order])
+
+
+@torch.no_grad()
+def sample_pseudo_classes(weights: torch.Tensor, keep: torch.Tensor, per_item: int | None) -> torch.Tensor:
+    """Zero the weights of all but ``per_item`` randomly drawn pseudo-labelled classes of each item.
+
+    ``weights`` (B, C, T) or (B, C); ``keep`` (B, C) bool: classes that always stay (those with TP/FP box
+    labels). Why: a band detector computes one image per (item, class) pair it is trained on, and pool
+    targets label every class of every crop, so training on all of them costs C (24) images per crop
+    instead of the one or two a bootstrap crop needs. A fresh random subset per item and step keeps every
+    pseudo label in play over an epoch at a fraction of the cost. ``per_item=None`` keeps everything.
+    """
+    if per_item is None:
+        return weights
+    has_weight = (weights > 0).flatten(2).any(-1) if weights.dim() > 2 else weights > 0
+    candidates = has_weight & ~keep
+    draw = torch.rand(candidates.shape, device=weights.device).masked_fill(~candidates, -1.0)
+    chosen = torch.zeros_like(candidates)
+    if per_item > 0:
+        chosen.scatter_(1, draw.topk(min(int(per_item), draw.shape[1]), dim=1).indices, True)
+    drop = candidates & ~chosen
+    if weights.dim() > 2:
+        drop = drop.unsqueeze(-1).expand_as(weights)
+    return torch.where(drop, torch.zeros_like(weights), weights)

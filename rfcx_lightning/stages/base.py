@@ -20,6 +20,7 @@ from ..losses import build_loss
 from ..metrics import MaskedFrameAUROC
 from ..models.detector import build_detector
 from ..models.init import apply_init_from
+from ..pseudo.targets import sample_pseudo_classes
 
 
 def labelled_classes(mask: torch.Tensor) -> torch.Tensor:
@@ -43,6 +44,9 @@ class StageModule(pl.LightningModule):
         self.loss_fn = build_loss(loss.pop("kind"), **loss)
         self.val_auroc = MaskedFrameAUROC()
         self.predict_cfg = dict(predict or {"mode": "whole"})
+        band = model.get("band") or {}
+        pair_scoring = str(model.get("detector") or "multilabel").startswith("band")
+        self.pseudo_classes_per_item = band.get("pseudo_classes_per_item") if pair_scoring else None
 
     @staticmethod
     def build_network(n_classes: int, model: dict, augment: dict) -> torch.nn.Module:
@@ -62,10 +66,21 @@ class StageModule(pl.LightningModule):
     # -- shared pieces ----------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The masked loss of ``target_output`` against the batch's targets, weights as the mask."""
-        out, targets, mask = self.augmented_forward(batch["wave"], batch["targets"], batch["mask"])
+        targets, mask = self.training_labels(batch)
+        out, targets, mask = self.augmented_forward(batch["wave"], targets, mask)
         loss = self.loss_fn(out[self.target_output], targets, mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["wave"]))
         return loss
+
+    def limit_pseudo_classes(self, weights: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Pool-target stages: train a band detector on ``model.band.pseudo_classes_per_item`` random
+        pseudo-labelled classes per item besides the ``keep`` (box-labelled) ones; multi-label detectors
+        score every class anyway, so they keep all labels. See :func:`sample_pseudo_classes`."""
+        return sample_pseudo_classes(weights, keep, self.pseudo_classes_per_item)
+
+    def training_labels(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets and loss weights of a training batch; a stage may add cells (bootstrap: weak negatives)."""
+        return batch["targets"], batch["mask"]
 
     def augmented_forward(self, wave: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
         """Gain/noise on the waveform, front-end (+SpecAugment), mixup on the spectrogram, then the network.

@@ -1,21 +1,69 @@
 """Stage ``bootstrap``: learn from the TP/FP boxes alone with the masked, time-aware loss.
 
 Targets are 1 in TP boxes, 0 in FP boxes, and every other (class, frame) cell is left out of the loss:
-most calls in RFCx are unlabelled, so "not labelled" must never be read as "absent" (1st place).
+most calls in RFCx are unlabelled, so "not labelled" must never be read as "absent" (1st place). The one
+exception is ``negatives:``: a few unlabelled classes of each crop become negatives at a small weight,
+scaled down for common species, because a detector that has never seen ordinary background in a band
+fires on it over a whole minute (README "Label-efficient bootstrap").
 """
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from ..data.labels import add_unlabelled_negatives
 from .base import StageModule
 from .runner import KFoldStage
 
 
 class BootstrapModule(StageModule):
-    """The base's masked loss on the framewise logits; targets and mask come from the TP/FP box crops."""
+    """The base's masked loss on the framewise logits, plus optional weak negatives for unlabelled classes."""
+
+    def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
+                 predict: dict | None = None, negative_weights: list[float] | None = None,
+                 negatives_per_crop: int = 0):
+        super().__init__(n_classes, model, optim, augment, loss, predict)
+        weights = negative_weights if negative_weights is not None else [0.0] * n_classes
+        if len(weights) != n_classes:
+            raise ValueError(f"negative_weights has {len(weights)} entries for {n_classes} classes")
+        self.register_buffer("negative_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        self.negatives_per_crop = int(negatives_per_crop)
+
+    def training_labels(self, batch):
+        return add_unlabelled_negatives(batch["targets"], batch["mask"], self.negative_weights,
+                                        self.negatives_per_crop)
+
+
+def negative_class_weights(settings: dict, class_prior: np.ndarray | None, n_classes: int) -> list[float]:
+    """Per-class weight of the weak negatives: ``weight``, times ``1 - prior`` when ``prior_scaled``.
+
+    Scaling by the prior is the positive-unlabelled correction: a species in 90% of the clips calls in a
+    sizeable share of random crops, so calling its unlabelled cells negative would mostly be wrong.
+    """
+    weight = float(settings.get("weight", 0.0))
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"negatives.weight must be in [0, 1], got {weight}")
+    weights = np.full(n_classes, weight)
+    if settings.get("prior_scaled", True) and class_prior is not None:
+        weights = weights * (1.0 - np.asarray(class_prior, dtype=np.float64))
+    return [float(w) for w in weights]
 
 
 class BootstrapStage(KFoldStage):
     """K folds of :class:`BootstrapModule` on TP/FP crops; the data module and runner are the shared ones."""
 
     kind = "bootstrap"
-    module_class = BootstrapModule
+    module_class = BootstrapModule   # replaced per run by a partial carrying the negatives settings
+
+    def __init__(self, ctx, name: str | None = None):
+        super().__init__(ctx, name)
+        settings = OmegaConf.to_container(self.cfg.get("negatives") or OmegaConf.create({}), resolve=True)
+        n_classes = ctx.scheme.n_classes
+        prior = None if ctx.prior is None else ctx.prior[ctx.scheme.species_of_class]
+        self.module_class = functools.partial(
+            BootstrapModule, negatives_per_crop=int(settings.get("per_crop", 0)),
+            negative_weights=negative_class_weights(settings, prior, n_classes))

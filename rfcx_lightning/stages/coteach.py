@@ -113,6 +113,7 @@ class CoteachModule(StageModule):
     # -- steps -----------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         wave, targets, weights, box = batch["wave"], batch["targets"], batch["weights"], batch["box_mask"]
+        weights = self.limit_pseudo_classes(weights, labelled_classes(box))
         active = labelled_classes(weights)
         logits = [self.network_logits(net, wave, active) for net in self.networks()]
         progress = self.progress_epochs(batch_idx)

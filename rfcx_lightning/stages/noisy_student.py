@@ -92,8 +92,13 @@ class WeakClipDataset(Dataset):
         split, rid, _, _ = self.items[i]
         wave = self.cache.read(split, rid, 0, self.n_samples)
         targets, weights = self.targets(epoch, i)
+        _, row, box_row = self.items[i][1:]
+        has_tp = np.zeros(self.n_classes, bool)
+        if split == "train" and box_row >= 0:
+            has_tp = box_clip_targets(self.boxes, box_row, self.n_classes)[1] > 0
         return {"wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
-                "targets": torch.from_numpy(targets), "mask": torch.from_numpy(weights)}
+                "targets": torch.from_numpy(targets), "mask": torch.from_numpy(weights),
+                "box_mask": torch.from_numpy(has_tp)}
 
 
 class WeakClipDataModule(pl.LightningDataModule):
@@ -142,6 +147,10 @@ class NoisyStudentModule(StageModule):
     """The base's masked loss on the clip logits (weights as the mask) after the shared heavy augmentation."""
 
     target_output = "clip_logits"
+
+    def training_labels(self, batch):
+        """The weak targets, with a band detector's pseudo classes subsampled (TP classes always kept)."""
+        return batch["targets"], self.limit_pseudo_classes(batch["mask"], batch["box_mask"])
 
 
 class NoisyStudentStage(KFoldStage):
