@@ -1,6 +1,6 @@
 """The notebooks run top to bottom on the embedded synthetic data, so they cannot rot.
 
-Executed with nbclient on a Jupyter kernel. nbclient, nbformat and ipykernel are test-only packages; the
+Executed with nbclient on a Jupyter kernel. nbclient, nbformat and ipykernel come with the `test` extra; the
 test is skipped (saying which is missing) only when one of them is absent.
 """
 
