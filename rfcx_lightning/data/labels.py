@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BoxIndex", "add_unlabelled_negatives", "clip_targets", "frame_targets", "pool_frame_labels"]
+__all__ = ["BoxIndex", "add_unlabelled_negatives", "clip_targets", "draw_classes", "frame_targets",
+           "pool_frame_labels"]
 
 _BOX_COLUMNS = ("recording_id", "class_index", "t_min", "t_max", "f_min", "f_max", "is_tp")
 # Float slack for "covered at least half": frame edges are computed as start + i * d.
@@ -208,6 +209,16 @@ def clip_targets(index: BoxIndex, rec_idx: int, n_classes: int) -> tuple[np.ndar
     return targets, mask
 
 
+def draw_classes(candidates: torch.Tensor, per_item: int) -> torch.Tensor:
+    """(B, C) bool: up to ``per_item`` classes per row drawn uniformly at random among ``candidates``."""
+    chosen = torch.zeros_like(candidates, dtype=torch.bool)
+    if per_item <= 0:
+        return chosen
+    draw = torch.rand(candidates.shape, device=candidates.device).masked_fill(~candidates, -1.0)
+    chosen.scatter_(1, draw.topk(min(int(per_item), draw.shape[1]), dim=1).indices, True)
+    return chosen & candidates
+
+
 @torch.no_grad()
 def add_unlabelled_negatives(targets: torch.Tensor, mask: torch.Tensor, class_weight: torch.Tensor,
                              per_item: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,12 +235,7 @@ def add_unlabelled_negatives(targets: torch.Tensor, mask: torch.Tensor, class_we
     """
     if per_item <= 0:
         return targets, mask
-    batch, n_classes = mask.shape[:2]
-    unlabelled = ~(mask > 0).flatten(2).any(-1)                                   # (B, C)
-    draw = torch.rand(batch, n_classes, device=mask.device).masked_fill(~unlabelled, -1.0)
-    picked = torch.zeros_like(unlabelled)
-    picked.scatter_(1, draw.topk(min(per_item, n_classes), dim=1).indices, True)
-    picked &= unlabelled
+    picked = draw_classes(~(mask > 0).flatten(2).any(-1), per_item)              # (B, C)
     weight = torch.as_tensor(class_weight, dtype=mask.dtype, device=mask.device).view(1, -1, 1)
     cells = picked.unsqueeze(-1).expand_as(mask)
     mask = torch.where(cells, weight.expand_as(mask), mask)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..data.labels import draw_classes
 from .pool import TeacherStack
 
 __all__ = ["EpochItemSampler", "TeacherSampler", "clip_targets", "crop_targets", "draw_teacher",
@@ -172,11 +173,7 @@ def sample_pseudo_classes(weights: torch.Tensor, keep: torch.Tensor, per_item: i
         return weights
     has_weight = (weights > 0).flatten(2).any(-1) if weights.dim() > 2 else weights > 0
     candidates = has_weight & ~keep
-    draw = torch.rand(candidates.shape, device=weights.device).masked_fill(~candidates, -1.0)
-    chosen = torch.zeros_like(candidates)
-    if per_item > 0:
-        chosen.scatter_(1, draw.topk(min(int(per_item), draw.shape[1]), dim=1).indices, True)
-    drop = candidates & ~chosen
+    drop = candidates & ~draw_classes(candidates, per_item)
     if weights.dim() > 2:
         drop = drop.unsqueeze(-1).expand_as(weights)
     return torch.where(drop, torch.zeros_like(weights), weights)

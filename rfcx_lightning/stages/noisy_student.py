@@ -92,8 +92,8 @@ class WeakClipDataset(Dataset):
         split, rid, _, _ = self.items[i]
         wave = self.cache.read(split, rid, 0, self.n_samples)
         targets, weights = self.targets(epoch, i)
-        _, row, box_row = self.items[i][1:]
-        has_tp = np.zeros(self.n_classes, bool)
+        box_row = self.items[i][3]
+        has_tp = np.zeros(self.n_classes, bool)          # classes sample_pseudo_classes must keep
         if split == "train" and box_row >= 0:
             has_tp = box_clip_targets(self.boxes, box_row, self.n_classes)[1] > 0
         return {"wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
