@@ -90,7 +90,12 @@ def combine_scales(framewise: Sequence[torch.Tensor], clip: Sequence[torch.Tenso
 
 
 def _predict_windows(model, wave, window_seconds, hop_seconds, sample_rate):
-    """Overlapping windows; framewise outputs placed on a common grid and averaged where they overlap."""
+    """Overlapping windows; framewise outputs placed on a common grid and averaged where they overlap.
+
+    The stitched grid (frames per window x windows) can differ from the whole-recording grid by a frame
+    or two of rounding; it is resampled onto the latter, so OOF files, pool targets and ensembles of runs
+    predicted in different modes line up frame for frame.
+    """
     sr = sample_rate or model.frontend.sample_rate
     win, hop = int(window_seconds * sr), int(hop_seconds * sr)
     n = wave.shape[-1]
@@ -110,6 +115,10 @@ def _predict_windows(model, wave, window_seconds, hop_seconds, sample_rate):
         acc[..., t0:t0 + t_win] += frames[:, j]
         count[t0:t0 + t_win] += 1
     framewise = acc / count.clamp_min(1)
+    if hasattr(model, "output_frames"):  # onto the whole-recording grid, so every mode gives the same T
+        t_whole = model.output_frames(n)
+        if t_whole != t_total:
+            framewise = torch.nn.functional.interpolate(framewise, size=t_whole, mode="linear", align_corners=False)
     clip = torch.sigmoid(out["clip_logits"].float()).reshape(b, w, -1).amax(1)
     return framewise.half(), clip
 

@@ -101,11 +101,14 @@ def test_compares_inference_modes_and_reuses_predictions(workspace, smoke_data_r
     assert rows["test_lwlrap"].notna().all() and (rows["predict_seconds"] > 0).all()
     class_scale = json.loads((out / "multiscale_class_scale.json").read_text())["class_scale"]
     assert len(class_scale) == 24 and set(class_scale) <= {3.0, 60.0}
-    # whole-recording re-prediction reproduces the stage's own predictions
+    # re-prediction in the stage's own mode (predict.mode, windows by default) reproduces its predictions,
+    # and every mode gives the same frame grid
     state = RunState(workspace)
     original = read_npz(state.resolve(state.fold("bootstrap", 0)["test"]))
-    again = read_npz(out / "whole" / "fold0" / "test.npz")
+    again = read_npz(out / "windows" / "fold0" / "test.npz")
     np.testing.assert_allclose(again["framewise"].astype(np.float32), original["framewise"].astype(np.float32), atol=2e-3)
+    shapes = {mode: read_npz(out / mode / "fold0" / "test.npz")["framewise"].shape for mode in ("whole", "windows")}
+    assert len(set(shapes.values())) == 1, shapes
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")}
     _postprocess(workspace, smoke_data_root, *extra)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")} == stamps     # a rerun predicts nothing again

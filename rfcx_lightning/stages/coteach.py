@@ -56,6 +56,9 @@ class MeanProbabilityEnsemble(nn.Module):
     def frontend(self) -> nn.Module:
         return self.networks[0].frontend
 
+    def output_frames(self, n_samples: int) -> int:
+        return self.networks[0].output_frames(n_samples)
+
     def forward(self, wave: Tensor, active: Tensor | None = None) -> dict[str, Tensor]:
         outs = [net.forward_spectrogram(net.spectrogram(wave), active=active) for net in self.networks]
         return {key: torch.logit(torch.stack([torch.sigmoid(o[key].float()) for o in outs]).mean(0)
