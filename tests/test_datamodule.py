@@ -86,3 +86,17 @@ def test_epoch_sampler_keeps_every_tp_and_redraws_fp():
     assert set(first) != set(second)                                   # FP subset redrawn
     again = TPFPEpochSampler(is_tp, fp_fraction=0.25, seed=1)
     assert list(again) == first                                        # same on every rank
+
+
+def test_epoch_sampler_chains_draws_up_to_min_items():
+    from rfcx_lightning.data.datamodule import TPFPEpochSampler
+
+    is_tp = np.array([True] * 4 + [False] * 20)
+    sampler = TPFPEpochSampler(is_tp, fp_fraction=0.25, seed=1, min_items=20)
+    epoch = list(sampler)
+    assert len(epoch) == len(sampler) == 20                            # 9 + 9 + 2 of a third draw
+    counts = np.bincount(epoch, minlength=24)
+    assert (counts[:4] >= 2).all()                                     # every TP in each full draw
+    assert counts[4:].sum() >= 10 and len(set(epoch[9:18])) == 9       # a second full, fresh draw
+    big = TPFPEpochSampler(is_tp, fp_fraction=0.25, seed=1, min_items=5)
+    assert len(big) == 9 and list(big) == list(TPFPEpochSampler(is_tp, 0.25, seed=1))  # never shortened

@@ -122,22 +122,33 @@ class TPFPEpochSampler(Sampler[int]):
     negatives. Redrawing the FP subset every epoch keeps all of them in play over training. The
     generator is seeded by (seed, epoch), so every DDP rank draws the same list before Lightning's
     ``DistributedSamplerWrapper`` splits it.
+
+    ``min_items``: an epoch holds at least this many crops; such draws (all TPs, a fresh FP share) are
+    chained until it does, and the last one is cut short. Why: with ~10 TP rows per species an epoch is
+    ~12 steps, so an epoch-count budget (``trainer.max_epochs``) set for larger sets under-trains small
+    ones (README "Label-efficient bootstrap": 14 such epochs 0.784, 40 of them 0.830 test LWLRAP), while
+    a data set that already fills an epoch trains exactly as before.
     """
 
-    def __init__(self, is_tp: np.ndarray, fp_fraction: float, seed: int = 0):
+    def __init__(self, is_tp: np.ndarray, fp_fraction: float, seed: int = 0, min_items: int = 0):
         self.tp = np.flatnonzero(is_tp)
         self.fp = np.flatnonzero(~np.asarray(is_tp, bool))
         self.n_fp = int(round(len(self.fp) * min(1.0, max(0.0, fp_fraction))))
+        self.min_items = max(0, int(min_items))
         self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
-        return len(self.tp) + self.n_fp
+        return max(len(self.tp) + self.n_fp, self.min_items)
 
     def __iter__(self):
         rng = np.random.default_rng((self.seed, self.epoch))
         self.epoch += 1
-        chosen = np.concatenate([self.tp, rng.choice(self.fp, self.n_fp, replace=False)])
-        return iter(rng.permutation(chosen).tolist())
+        draws, drawn = [], 0
+        while drawn < len(self) and len(self.tp) + self.n_fp > 0:
+            chosen = np.concatenate([self.tp, rng.choice(self.fp, self.n_fp, replace=False)])
+            draws.append(rng.permutation(chosen))
+            drawn += len(chosen)
+        return iter(np.concatenate(draws)[:len(self)].tolist() if draws else [])
 
 
 class FoldDataModule(pl.LightningDataModule):
@@ -150,7 +161,7 @@ class FoldDataModule(pl.LightningDataModule):
     def __init__(self, cache: AudioCache, train: RecordingSet, fold_of_recording: np.ndarray, fold: int,
                  n_classes: int, crop_seconds: float, label_hz: float, sample_rate: int, duration_s: float,
                  batch_size: int, predict_batch_size: int, num_workers: int, tp_repeat: int = 1,
-                 fp_fraction: float = 1.0, seed: int = 0, predict_sets: dict[str, tuple[str, Sequence[str]]] | None = None):
+                 fp_fraction: float = 1.0, min_per_epoch: int = 0, seed: int = 0, predict_sets: dict[str, tuple[str, Sequence[str]]] | None = None):
         super().__init__()
         self.cache = cache
         self.train_set = train
@@ -165,6 +176,7 @@ class FoldDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.tp_repeat = tp_repeat
         self.fp_fraction = fp_fraction
+        self.min_per_epoch = int(min_per_epoch)
         self.seed = seed
         self.predict_sets = dict(predict_sets or {})
         self.predict_name: str | None = None
@@ -194,9 +206,10 @@ class FoldDataModule(pl.LightningDataModule):
         if len(dataset) == 0:
             raise ValueError(f"fold {self.fold}: no TP/FP boxes in the training recordings")
         sampler = None
-        if self.fp_fraction < 1.0:
+        if self.fp_fraction < 1.0 or self.min_per_epoch > len(dataset):
             is_tp = self.train_set.boxes.is_tp[dataset.anchors]
-            sampler = TPFPEpochSampler(is_tp, self.fp_fraction, seed=self.seed + self.fold)
+            sampler = TPFPEpochSampler(is_tp, self.fp_fraction, seed=self.seed + self.fold,
+                                       min_items=self.min_per_epoch)
         n_items = len(sampler) if sampler is not None else len(dataset)
         drop_last = n_items > self.batch_size  # avoid a 1-item batch (BatchNorm) when there is enough
         return self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop_last, sampler=sampler)

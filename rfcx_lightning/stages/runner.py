@@ -87,7 +87,8 @@ class KFoldStage(StageRun):
             sample_rate=int(cfg.audio.sample_rate), duration_s=float(cfg.data.duration_s),
             batch_size=int(cfg.loader.batch_size), predict_batch_size=int(cfg.loader.predict_batch_size),
             num_workers=int(cfg.loader.num_workers), tp_repeat=int(cfg.crops.get("tp_repeat", 1)),
-            fp_fraction=float(cfg.crops.get("fp_fraction", 1.0)), seed=int(cfg.seed),
+            fp_fraction=float(cfg.crops.get("fp_fraction", 1.0)),
+            min_per_epoch=int(cfg.crops.get("min_per_epoch") or 0), seed=int(cfg.seed),
             predict_sets={"oof": ("train", held_out), "test": ("test", ctx.test_ids)})
 
     def build_trainer(self, fold: int, fold_dir: Path, writer: ShardedPredictionWriter) -> pl.Trainer:
