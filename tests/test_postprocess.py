@@ -121,6 +121,23 @@ def test_clip_aggregations():
         aggregate_clip(x, "median")
 
 
+def test_folds_combine_framewise_before_the_max_unless_told_otherwise():
+    from rfcx_lightning.postprocessing.chain import Option, fold_clip_scores
+
+    # two folds that each put one spurious peak on a different frame, and agree on a moderate call
+    a = np.array([[[0.9, 0.5, 0.1]]], np.float32)
+    b = np.array([[[0.1, 0.5, 0.9]]], np.float32)
+    clips = [f.max(-1) for f in (a, b)]
+    frames = fold_clip_scores([a, b], clips, Option(), frames_per_second=1.0)
+    assert frames[0, 0] == pytest.approx(0.5)                       # max over time of the fold mean
+    per_fold = fold_clip_scores([a, b], clips, Option(fold_level="clips"), frames_per_second=1.0)
+    assert per_fold[0, 0] == pytest.approx(0.9)                     # mean of each fold's own max
+    head = fold_clip_scores([a, b], [np.array([[0.2]]), np.array([[0.4]])], Option(aggregate="clip"), 1.0)
+    assert head[0, 0] == pytest.approx(0.3)                         # the head's clip output: combined as clips
+    with pytest.raises(ValueError, match="fold_level"):
+        Option.from_config({"fold_level": "recordings"})
+
+
 def test_ensembles():
     a = np.array([[0.9, 0.1], [0.2, 0.4], [0.5, 0.3]], np.float32)
     b = np.array([[0.09, 0.01], [0.02, 0.04], [0.05, 0.5]], np.float32)   # another model, far less confident

@@ -38,13 +38,16 @@ def test_rewrites_the_submission_with_the_configured_chain(workspace, smoke_data
     out = workspace / "postprocess"
     submission = pd.read_csv(workspace / "submission.csv", dtype={"recording_id": str})
     raw = pd.read_csv(workspace / "submission_raw.csv", dtype={"recording_id": str})
-    # recomputed independently from the per-fold files: max over time, fold mean, odds scaled to the prior
+    # recomputed independently from the per-fold files: fold mean of the framewise scores, max over time,
+    # odds scaled to the prior; the stage's own submission used the same chain
     state = RunState(workspace)
     folds = [read_npz(state.resolve(f["test"])) for f in state.stage("bootstrap")["folds"].values()]
-    clip = np.mean([f["framewise"].astype(np.float32).max(-1) for f in folds], 0)
+    clip = np.mean([f["framewise"].astype(np.float32) for f in folds], 0).max(-1)
     prior = np.asarray(json.loads((out / "factors.json").read_text())["test"]["prior"])
     np.testing.assert_allclose(raw.iloc[:, 1:].to_numpy(), clip, atol=2e-6)
     np.testing.assert_allclose(submission.iloc[:, 1:].to_numpy(), odds_scale_to_prior(clip, prior), atol=2e-6)
+    stage_raw = pd.read_csv(workspace / "bootstrap" / "submission_raw.csv", dtype={"recording_id": str})
+    np.testing.assert_allclose(stage_raw.iloc[:, 1:].to_numpy(), clip, atol=2e-6)
     assert submission["recording_id"].tolist() == list(folds[0]["recording_id"])
     # every option of postprocess.compare was scored against the hidden truth, the configured one first
     table = pd.read_csv(out / "scores.csv")

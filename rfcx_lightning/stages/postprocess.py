@@ -47,11 +47,7 @@ class PostprocessStage(StageRun):
 
     # -- configuration ----------------------------------------------------------------------------------
     def option(self, **changes: Any) -> Option:
-        pp = self.pp
-        base = Option(smooth_seconds=float(pp.smooth_seconds), aggregate=str(pp.aggregate), top_n=int(pp.top_n),
-                      fold_ensemble=str(pp.fold_ensemble), ensemble=str(pp.ensemble), method=str(pp.method),
-                      prior=str(pp.prior))
-        return dataclasses.replace(base, **changes)
+        return dataclasses.replace(Option.from_config(self.pp), **changes)
 
     def alternatives(self, n_sources: int = 1) -> list[tuple[str, Option]]:
         """The configured option, then each listed alternative of one setting at a time (the source
@@ -197,7 +193,7 @@ class PostprocessStage(StageRun):
         if not score_cols:
             print(f"{self.name}: no clip labels known; wrote {self.dir / 'submission.csv'} unscored", flush=True)
             return
-        shown = table[["varied", "smooth_seconds", "aggregate", "fold_ensemble", "ensemble", "method", "prior"]
+        shown = table[["varied", "smooth_seconds", "aggregate", "fold_ensemble", "fold_level", "ensemble", "method", "prior"]
                       + score_cols]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(f"{self.name}: LWLRAP of each option (first row: the configured one, written to submission.csv)")

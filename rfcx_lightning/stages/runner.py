@@ -29,6 +29,7 @@ from ..loggers import build_logger
 from ..metrics import lwlrap, prior_baseline_lwlrap
 from ..models.bands import class_bands_from_boxes
 from ..postprocess import odds_scale_to_prior
+from ..postprocessing.chain import Option, fold_clip_scores
 from ..pseudo.pool import register_stage
 from ..workspace import RunState, read_npz, write_csv, write_npz
 from .base import StageModule
@@ -151,16 +152,22 @@ class KFoldStage(StageRun):
         if sorted(oof_ids.tolist()) != sorted(train_ids):
             raise RuntimeError("out-of-fold predictions do not cover every train recording exactly once")
         oof_fold = np.concatenate([np.full(len(p["recording_id"]), k) for k, p in enumerate(oof_parts)])[order]
-        oof_clip = np.concatenate([p["clip"] for p in oof_parts])[order]
         oof_frames = np.concatenate([p["framewise"] for p in oof_parts])[order]
-        test_clip = np.mean([p["clip"] for p in test_parts], axis=0)
+        oof_model_clip = np.concatenate([p["clip"] for p in oof_parts])[order]
         test_frames = np.mean([p["framewise"].astype(np.float32) for p in test_parts], axis=0).astype(np.float16)
 
         fps = self._output_frames_per_second(oof_frames.shape[-1])
         write_npz(self.dir / "oof_framewise.npz", recording_id=np.asarray(train_ids), fold=oof_fold,
-                  framewise=oof_frames, clip=oof_clip, frames_per_second=np.float32(fps))
-        write_npz(self.dir / "test_framewise.npz", recording_id=np.asarray(ctx.test_ids),
-                  framewise=test_frames, clip=test_clip, frames_per_second=np.float32(fps))
+                  framewise=oof_frames, clip=oof_model_clip, frames_per_second=np.float32(fps))
+        write_npz(self.dir / "test_framewise.npz", recording_id=np.asarray(ctx.test_ids), framewise=test_frames,
+                  clip=np.mean([p["clip"] for p in test_parts], axis=0), frames_per_second=np.float32(fps))
+
+        # the CSVs' clip scores: the configured temporal chain (smoothing, aggregation, folds combined
+        # framewise by default); the npz files above keep the model's own clip output
+        option = Option.from_config(self.cfg.postprocess)
+        oof_clip = fold_clip_scores([oof_frames], [oof_model_clip], option, fps)
+        test_clip = fold_clip_scores([p["framewise"] for p in test_parts], [p["clip"] for p in test_parts],
+                                     option, fps)
 
         species_cols = [f"s{s}" for s in ctx.species]
         oof_species = ctx.scheme.to_species_scores(oof_clip)
