@@ -48,6 +48,8 @@ def test_bench_command_runs_end_to_end_and_resumes(tmp_path, smoke_data_root, ca
     inference = results["inference"]
     assert inference["recordings"] == 2 and inference["windows_per_recording"] > 50  # 3 s windows, 0.5 s hop
     assert 0 <= inference["lwlrap_whole"] <= 1 and 0 <= inference["lwlrap_windows"] <= 1
+    assert inference["configured_predict"]["mode"] == "windows"                       # the default predict mode
+    assert inference["speedup_configured_vs_windows"] > 0 and 0 <= inference["lwlrap_configured"] <= 1
     assert results["training"]["per_round"]["full"][0]["steps_timed"] == 2  # 4 steps - 1 warm-up - 1
     assert set(report["load_avg"]) == set(results)
     assert report["machine"]["threads"] == 1  # --threads reached torch
