@@ -103,3 +103,21 @@ def test_shared_detector_fits_band_labels_through_the_class_pairs():
         opt.step()
     assert det.class_weight.grad is not None and det.class_weight.grad.abs().sum() > 0
     assert float(loss_now()) < 0.5 * first
+
+
+def test_moving_window_normalisation_matches_a_crop_centred_on_the_frame():
+    # frontend: 32 kHz / hop 320 = 100 frames per second, so 2 s = 200 frames (a 201-frame centred window)
+    local = _detector("crop", normalize_seconds=2.0)
+    whole_image = _detector("crop")
+    assert local.normalize_frames == 200
+    gen = torch.Generator().manual_seed(0)
+    spec = torch.randn(1, 2, 32, 1500, generator=gen) * torch.linspace(1, 6, 1500) + 3   # level drifts in time
+    items, classes = torch.tensor([0]), torch.tensor([1])
+    long_pass = local.band_images(spec, items, classes)[0, 0]
+    for centre in (400, 1000):
+        crop = spec[..., centre - 100:centre + 101]
+        in_crop = whole_image.band_images(crop, items, classes)[0, 0, :, 100]
+        torch.testing.assert_close(long_pass[:, centre], in_crop, atol=0.01, rtol=0.01)
+    # statistics over the whole image instead would not match: the level drifts 6x across the recording
+    assert (whole_image.band_images(spec, items, classes)[0, 0, :, 400] - long_pass[:, 400]).abs().max() > 0.1
+    assert local.band_images(spec[..., :150], items, classes).shape[-1] == 150   # shorter than the window

@@ -21,9 +21,12 @@ every class, in chunks so a 60 s batch of 24 classes stays within memory.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rfcx_lightning.models.backbones import backbone_num_features, create_backbone
@@ -91,7 +94,8 @@ class BandDetector(DetectorBase):
     """
 
     def __init__(self, n_classes: int, backbone: str, class_bands, mode: str = "crop", rows: int = 32,
-                 margin: float = 0.15, normalize_band: bool = True, dropout: float = 0.2,
+                 margin: float = 0.15, normalize_band: bool = True, normalize_seconds: float | None = None,
+                 dropout: float = 0.2,
                  max_images: int = 128, frontend: dict | None = None, pretrained_path: str | None = None,
                  spec_augment: dict | None = None, backbone_kwargs: dict | None = None):
         super().__init__(n_classes, frontend, spec_augment)
@@ -101,6 +105,8 @@ class BandDetector(DetectorBase):
             raise ValueError(f"model.class_bands has {len(class_bands)} bands for {n_classes} classes")
         self.mode = mode
         self.normalize_band = bool(normalize_band) and mode == "crop"
+        # frames of the moving window the band statistics are taken over (0: the whole image)
+        self.normalize_frames = int(round(float(normalize_seconds or 0) * self.frontend.frames_per_second))
         self.max_images = int(max_images)
         self.register_buffer("bands", band_matrices(class_bands, self.frontend.mel_centers_hz(), mode,
                                                     int(rows), float(margin)), persistent=False)
@@ -123,9 +129,29 @@ class BandDetector(DetectorBase):
             images = torch.einsum("nrm,nkmt->nkrt", mats, source)
         if self.normalize_band:  # per-band standardisation: the band's own noise floor becomes the reference
             level = images[:, :1]
-            level = (level - level.mean(dim=(2, 3), keepdim=True)) / (level.std(dim=(2, 3), keepdim=True) + 1e-5)
-            images = torch.cat([level, images[:, 1:]], dim=1)
+            if 0 < self.normalize_frames < level.shape[-1]:
+                mean, std = self._moving_statistics(level)
+            else:
+                mean, std = level.mean(dim=(2, 3), keepdim=True), level.std(dim=(2, 3), keepdim=True)
+            images = torch.cat([(level - mean) / (std + 1e-5), images[:, 1:]], dim=1)
         return images
+
+    def _moving_statistics(self, level: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and std (N, 1, 1, T) of a band image (N, 1, R, T) over all rows and a centred window of
+        ``normalize_frames`` frames (fewer at the edges).
+
+        Why: statistics over the whole image make a 60 s image look different from the 5 s crops the
+        network learnt from (README "Inference options"), so one pass over a recording scored worse than
+        windows. Over a window of the crop length, every frame of a long image is standardised as it would
+        be in a crop centred on it.
+        """
+        k = self.normalize_frames | 1                                        # odd: centred
+        rows = level.mean(dim=2)                                             # (N, 1, T)
+        squares = (level * level).mean(dim=2)
+        pool = functools.partial(F.avg_pool1d, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
+        mean = pool(rows)
+        var = (pool(squares) - mean * mean).clamp_min(0.0)
+        return mean.unsqueeze(2), var.sqrt().unsqueeze(2)
 
     def score_pairs(self, spec: Tensor, items: Tensor, classes: Tensor) -> Tensor:
         """(N, T_out) framewise logits of the (item, class) pairs."""
