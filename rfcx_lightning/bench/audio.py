@@ -128,7 +128,8 @@ def rows(result: dict) -> list[tuple[str, str, str]]:
         out.append(("audio: cache build vs librosa.load (1 process each)", f"{build['speedup_build_vs_librosa']:.2f}x",
                     f"{build['files']} files; librosa {build['librosa_version']}"))
         out.append((f"audio: cache build with {build['parallel_workers']} workers vs librosa.load",
-                    f"{build['speedup_parallel_build_vs_librosa']:.2f}x", f"{build.get('parallel_files', build['files'])} files, pool start-up included; not alternated"))
+                    f"{build['speedup_parallel_build_vs_librosa']:.2f}x",
+                    f"{build.get('parallel_files', build['files'])} files, pool start-up included; not alternated"))
     elif build:
         out.append(("audio: cache build vs librosa.load", "skipped", "librosa is not installed"))
     if build:
