@@ -33,11 +33,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpointing import AtomicCheckpointIO
+from ..checkpointing import AtomicCheckpointIO, last_epoch_checkpoint
 from ..data.audio import AudioCache
 from ..loggers import build_logger
 from ..models.init import save_backbone
@@ -234,13 +233,7 @@ class PretrainStage(StageRun):
             batch_size=int(cfg.loader.batch_size), num_workers=int(cfg.loader.num_workers))
 
     def build_trainer(self) -> pl.Trainer:
-        # last.ckpt after every epoch, as the one "top-1" checkpoint without a monitor: Lightning 2.6 writes
-        # save_last=True's file only in steps where a top-k checkpoint was saved (or at the end of
-        # training), which for save_top_k=0, or a monitor that stops improving, means no resume point.
-        # No version counter: a resumed run (also of a moved workspace, whose old dirpath Lightning does
-        # not recognise) must overwrite last.ckpt, not write last-v1.ckpt beside a stale last.ckpt.
-        checkpoint = ModelCheckpoint(dirpath=str(self.dir / "checkpoints"), filename="last", monitor=None,
-                                     save_top_k=1, enable_version_counter=False)
+        checkpoint = last_epoch_checkpoint(self.dir / "checkpoints")
         trainer_kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
         return pl.Trainer(**trainer_kwargs, default_root_dir=str(self.dir),
                           logger=build_logger(self.cfg.logger, self.ctx.workspace, self.name, "ssl"),

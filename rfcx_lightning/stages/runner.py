@@ -20,9 +20,8 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from ..checkpointing import AtomicCheckpointIO
+from ..checkpointing import AtomicCheckpointIO, fold_checkpoints
 from ..data.datamodule import FoldDataModule
 from ..inference import ShardedPredictionWriter
 from ..loggers import build_logger
@@ -93,12 +92,11 @@ class KFoldStage(StageRun):
             predict_sets={"oof": ("train", held_out), "test": ("test", ctx.test_ids)})
 
     def build_trainer(self, fold: int, fold_dir: Path, writer: ShardedPredictionWriter) -> pl.Trainer:
-        checkpoint = ModelCheckpoint(dirpath=str(fold_dir / "checkpoints"), filename="best",
-                                     monitor="val/masked_auroc", mode="max", save_top_k=1, save_last=True)
+        checkpoints = fold_checkpoints(fold_dir / "checkpoints", monitor="val/masked_auroc", mode="max")
         trainer_kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
         return pl.Trainer(**trainer_kwargs, default_root_dir=str(fold_dir),
                           logger=build_logger(self.cfg.logger, self.ctx.workspace, self.name, f"fold{fold}"),
-                          callbacks=[checkpoint, writer], plugins=[AtomicCheckpointIO()])
+                          callbacks=[*checkpoints, writer], plugins=[AtomicCheckpointIO()])
 
     # -- the run ----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
