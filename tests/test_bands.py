@@ -60,6 +60,27 @@ def test_only_active_pairs_are_scored_and_shapes_match_the_multilabel_detector()
         torch.testing.assert_close(det(wave)["framewise_logits"], full["framewise_logits"])
 
 
+def test_prediction_chunks_are_bounded_in_pixels_on_cpu_but_training_steps_are_not():
+    det = _detector("crop").eval()
+    wave = torch.randn(2, 32000 * 2)
+    spec = det.spectrogram(wave)
+    frames = spec.shape[-1]
+    assert det.predict_image_frames == "auto" and det.chunk_size(spec) == max(1, min(128, 16384 // frames))
+    det.predict_image_frames = 2 * frames                       # two band images per backbone call
+    assert det.chunk_size(spec) == 2
+    with torch.no_grad():
+        chunked = det(wave)["framewise_logits"]
+        det.predict_image_frames = None
+        assert det.chunk_size(spec) == det.max_images
+        torch.testing.assert_close(chunked, det(wave)["framewise_logits"])
+    det.predict_image_frames = 1
+    assert det.chunk_size(spec) == 1                              # never fewer than one image
+    det.train()
+    assert det.chunk_size(spec) == det.max_images                 # a training step is one call (batch norm)
+    with pytest.raises(ValueError, match="predict_image_frames"):
+        _detector("crop", predict_image_frames="fast")
+
+
 def test_class_bands_from_boxes_prefers_tp_rows_and_names_empty_classes():
     boxes = pd.DataFrame({"class_index": [0, 0, 0, 1], "is_tp": [True, True, False, False],
                           "f_min": [100.0, 300.0, 5000.0, 800.0], "f_max": [900.0, 1100.0, 9000.0, 1600.0]})
