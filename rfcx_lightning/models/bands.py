@@ -17,8 +17,8 @@ Two ways to show a class's band to the network (``mode``):
 
 Only the (item, class) pairs that carry labels are computed in training (``active``); prediction scores
 every class, in chunks so a 60 s batch of 24 classes stays within memory. On a CPU the chunks are also
-kept small in pixels (``predict_image_frames``): 4 band images of 60 s per backbone call ran 2.5x faster
-than 128 (BENCHMARKS.md), because activations that fit the caches are not re-fetched from DRAM.
+kept small in pixels (``predict_image_frames``): 4-5 band images of 60 s per backbone call ran 2.1-2.5x
+faster than 128 (BENCHMARKS.md), because activations that fit the caches are not re-fetched from DRAM.
 """
 
 from __future__ import annotations
