@@ -136,7 +136,9 @@ def rows(result: dict) -> list[tuple[str, str, str]]:
         out.append(("audio: FLAC decode share of a cache build", f"{build['decode_share_of_build']:.0%}",
                     "soundfile.read alone / build"))
     if crop:
-        out.append(("audio: crop read, cache vs decoding the whole FLAC", f"{crop['speedup_cache_vs_decode_whole']:.0f}x",
+        out.append(("audio: crop read, cache vs decoding the whole FLAC",
+                    f"{crop['speedup_cache_vs_decode_whole']:.0f}x",
                     f"{crop['crop_seconds']:g} s crops, {crop['latency_s']['cache'] * 1e6:.0f} us from cache (warm)"))
-        out.append(("audio: crop read, cache vs seek-decoding the crop", f"{crop['speedup_cache_vs_decode_seek']:.0f}x", ""))
+        out.append(("audio: crop read, cache vs seek-decoding the crop",
+                    f"{crop['speedup_cache_vs_decode_seek']:.0f}x", ""))
     return out

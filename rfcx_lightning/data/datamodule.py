@@ -161,7 +161,8 @@ class FoldDataModule(pl.LightningDataModule):
     def __init__(self, cache: AudioCache, train: RecordingSet, fold_of_recording: np.ndarray, fold: int,
                  n_classes: int, crop_seconds: float, label_hz: float, sample_rate: int, duration_s: float,
                  batch_size: int, predict_batch_size: int, num_workers: int, tp_repeat: int = 1,
-                 fp_fraction: float = 1.0, min_per_epoch: int = 0, seed: int = 0, predict_sets: dict[str, tuple[str, Sequence[str]]] | None = None):
+                 fp_fraction: float = 1.0, min_per_epoch: int = 0, seed: int = 0,
+                 predict_sets: dict[str, tuple[str, Sequence[str]]] | None = None):
         super().__init__()
         self.cache = cache
         self.train_set = train
