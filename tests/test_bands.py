@@ -77,8 +77,9 @@ def test_prediction_chunks_are_bounded_in_pixels_on_cpu_but_training_steps_are_n
     assert det.chunk_size(spec) == 1                              # never fewer than one image
     det.train()
     assert det.chunk_size(spec) == det.max_images                 # a training step is one call (batch norm)
-    with pytest.raises(ValueError, match="predict_image_frames"):
-        _detector("crop", predict_image_frames="fast")
+    for bad in ("fast", 0, True):
+        with pytest.raises(ValueError, match="predict_image_frames"):
+            _detector("crop", predict_image_frames=bad)
 
 
 def test_class_bands_from_boxes_prefers_tp_rows_and_names_empty_classes():

@@ -2,7 +2,7 @@
 
 A small easy synthetic set (64 train / 40 test clips, 12 TP rows per species), 2 folds of the cpu preset
 (the band classifier) for 10 epochs of one TP/FP draw each (``crops.min_per_epoch=0``: the preset's
-1152-crop epochs would triple the time), about 4.5 minutes on 2 cores. Measured (odds-scaled LWLRAP, prior
+1152-crop epochs would triple the time), about 4.2 minutes on 2 idle cores. Measured (odds-scaled LWLRAP, prior
 alone 0.701 test / 0.526 out of fold): 6 epochs 0.825 / 0.575, 10 epochs 0.867 / 0.638, 16 epochs 0.919 /
 0.693. The assertions sit at about half of the 10-epoch margins, to leave room for run-to-run noise.
 """

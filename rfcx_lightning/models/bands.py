@@ -116,9 +116,8 @@ class BandDetector(DetectorBase):
         # frames of the moving window the band statistics are taken over (0: the whole image)
         self.normalize_frames = int(round(float(normalize_seconds or 0) * self.frontend.frames_per_second))
         self.max_images = int(max_images)
-        if predict_image_frames not in (None, "auto") and not (
-                isinstance(predict_image_frames, int) and not isinstance(predict_image_frames, bool)
-                and predict_image_frames > 0):
+        if not (predict_image_frames in (None, "auto")
+                or (type(predict_image_frames) is int and predict_image_frames > 0)):  # not bool, not str
             raise ValueError(f"model.band.predict_image_frames={predict_image_frames!r}: a positive number of "
                              "frames, 'auto' or null")
         self.predict_image_frames = predict_image_frames
