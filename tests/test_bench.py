@@ -55,7 +55,7 @@ def test_bench_command_runs_end_to_end_and_resumes(tmp_path, smoke_data_root, ca
     assert report["machine"]["threads"] == 1  # --threads reached torch
 
     markdown = (tmp_path / "out" / "bench.md").read_text()
-    assert "| training efficiency: full path / pre-made device batch |" in markdown
+    assert "| training efficiency: full path / pre-made device batches |" in markdown
     assert "whole recording vs 0.5 s sliding windows" in markdown
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json", "bench.md"]  # no temp files
 

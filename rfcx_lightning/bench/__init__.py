@@ -6,7 +6,7 @@ One module per benchmark:
 
 * ``frontend``: log-mel with the FFT STFT versus torchlibrosa's Conv1d STFT and nnAudio, and its share of
   a training step;
-* ``training``: throughput of the full data path over a pre-made device batch (is the accelerator busy?);
+* ``training``: throughput of the full data path over the same batches pre-made on the device (is the accelerator busy?);
 * ``inference``: whole-recording inference versus 0.5 s sliding windows (speed and LWLRAP);
 * ``audio``: int16 cache build versus ``librosa.load``; crop reads from the cache versus decoding FLAC;
 * ``memory``: peak memory of a training run at two dataset sizes;

@@ -5,8 +5,10 @@ Two Lightning runs of the same model, same optimiser, same batch shape, alternat
 * ``full``: the real path: :class:`~rfcx_lightning.data.datamodule.FoldDataModule` (memory-mapped cache
   read, crop, three-state labels, collate, workers, pinned memory), host-to-device copy, front-end,
   augmentation, forward, backward, optimiser step;
-* ``premade``: the same Trainer fed one pre-made batch already on the device, over and over, so it
-  measures only what the model and the optimiser cost.
+* ``premade``: the same Trainer fed the same batches, fetched beforehand and already on the device, so
+  it measures only what the model and the optimiser cost. The batches are those the full path draws (the
+  same seeded epoch order), not one batch repeated: a band detector scores only each batch's labelled
+  (crop, class) pairs, so batches differ in cost and one repeated batch would compare different work.
 
 efficiency = throughput(full) / throughput(premade). 1.0 means data handling is completely hidden behind
 the model's arithmetic. A :class:`StepTimes` callback also splits every full-path iteration into the
@@ -15,6 +17,7 @@ time spent waiting for the batch (loading + transfer) and the time in the step i
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -71,15 +74,15 @@ class StepTimes(pl.Callback):
                                          if len(self.gpu_utilization) > warmup else None)}
 
 
-class RepeatedBatch(IterableDataset):
-    """Yields one ready-made batch ``n`` times (use with ``batch_size=None``)."""
+class PremadeBatches(IterableDataset):
+    """Yields ``n`` ready-made batches, cycling through ``batches`` (use with ``batch_size=None``)."""
 
-    def __init__(self, batch: dict[str, torch.Tensor], n: int):
-        self.batch, self.n = batch, n
+    def __init__(self, batches: list[dict[str, torch.Tensor]], n: int):
+        self.batches, self.n = batches, n
 
     def __iter__(self):
-        for _ in range(self.n):
-            yield self.batch
+        for i in range(self.n):
+            yield self.batches[i % len(self.batches)]
 
 
 def _trainer(setup: BenchSetup, steps: int, timer: StepTimes, name: str) -> pl.Trainer:
@@ -103,10 +106,11 @@ def bench_training(setup: BenchSetup, steps: int = 30, warmup: int = 5, rounds: 
     batch_size = int(setup.cfg.loader.batch_size)
     datamodule = setup.stage.build_datamodule(fold)
     loader = datamodule.train_dataloader()
-    batch = next(iter(loader))
-    if len(batch["wave"]) != batch_size:
+    # the full path's own first batches (one epoch at most; cycled if the epoch is shorter than the run)
+    device_batches = [{k: v.to(setup.device) for k, v in batch.items()}
+                      for batch in itertools.islice(loader, steps + 1)]
+    if len(device_batches[0]["wave"]) != batch_size:
         raise ValueError(f"training benchmark: fold {fold} has fewer than loader.batch_size={batch_size} crops")
-    device_batch = {k: v.to(setup.device) for k, v in batch.items()}
     del loader
 
     per_round: dict[str, list[dict]] = {"premade": [], "full": []}
@@ -119,7 +123,7 @@ def bench_training(setup: BenchSetup, steps: int = 30, warmup: int = 5, rounds: 
             if variant == "full":
                 trainer.fit(module, datamodule=setup.stage.build_datamodule(fold))
             else:
-                trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(device_batch, steps + 1),
+                trainer.fit(module, train_dataloaders=DataLoader(PremadeBatches(device_batches, steps + 1),
                                                                  batch_size=None))
             per_round[variant].append(timer.summary(warmup, batch_size))
 
@@ -147,7 +151,7 @@ def rows(result: dict) -> list[tuple[str, str, str]]:
     note = (f"{result['backbone']}, batch {result['batch_size']} x {result['crop_seconds']:g} s, "
             f"{result['num_workers']} workers, {result['precision']}, {result['device']}")
     return [
-        ("training efficiency: full path / pre-made device batch", f"{result['efficiency']:.3f}",
+        ("training efficiency: full path / pre-made device batches", f"{result['efficiency']:.3f}",
          f"median step; mean-based {result['efficiency_mean_based']:.3f}; {note}"),
         ("training: share of iteration waiting for data", f"{result['data_wait_share_full']:.1%}", "full path"),
         *([("training: GPU utilization (NVML), full path", f"{result['gpu_utilization_full']:.0f}%", "")]
