@@ -23,10 +23,14 @@ def test_both_notebooks_exist():
 @pytest.mark.skipif(bool(MISSING), reason=f"executing notebooks needs {', '.join(MISSING)} "
                                           "(pip install nbformat nbclient ipykernel)")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom(path, tmp_path):
+def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
+    """`RFCX_NOTEBOOK_DIR` puts the notebook's data and workspace under pytest's tmp_path: a notebook run by
+    hand keeps its temporary folder for the user to look at, a test run must not leave ~300 MB in /tmp."""
     import nbformat
     from nbclient import NotebookClient
 
+    (tmp_path / "work").mkdir()
+    monkeypatch.setenv("RFCX_NOTEBOOK_DIR", str(tmp_path / "work"))
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
@@ -36,3 +40,4 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
     images = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert images, f"{path.name} displayed no figure"
+    assert any((tmp_path / "work").iterdir()), "the notebook ignored RFCX_NOTEBOOK_DIR"
