@@ -8,12 +8,15 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from rfcx_lightning.data.labels import BoxIndex
 from rfcx_lightning.pseudo.pool import PoolError, PseudoLabelPool, TeacherStack
 from rfcx_lightning.pseudo.targets import TeacherSampler
 from rfcx_lightning.run import load_config, main
-from rfcx_lightning.stages.noisy_student import NoisyStudentStage, WeakClipDataset, weak_clip_targets
+from rfcx_lightning.stages.noisy_student import (NoisyStudentModule, NoisyStudentStage, WeakClipDataset,
+                                                 paired_loader, weak_clip_targets)
 
 from .conftest import smoke_args
 
@@ -85,6 +88,91 @@ def test_student_overrides_apply_after_the_preset(tmp_path):
         stage.teachers()
 
 
+@pytest.mark.parametrize("n_boxes", [3, 40])
+def test_paired_loader_steps_follow_the_clip_loader(n_boxes):
+    """One clip batch and one box batch per step; the epoch is the clip loader's, whichever is longer."""
+    clips = DataLoader(list(range(10)), batch_size=2)                      # 5 batches
+    boxes = DataLoader(list(range(100, 100 + n_boxes)), batch_size=2)      # 2 or 20 batches
+    steps = list(paired_loader(clips, boxes))
+    assert len(steps) == 5
+    assert [b["clips"].tolist() for b, _, _ in steps] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    drawn = [b["boxes"].tolist() for b, _, _ in steps]
+    assert all(drawn) and {x for batch in drawn for x in batch} <= set(range(100, 100 + n_boxes))
+    if n_boxes == 40:                                                     # cut short: the first 5 batches
+        assert drawn == [[100 + 2 * i, 101 + 2 * i] for i in range(5)]
+
+
+def test_box_anchor_adds_the_framewise_box_loss():
+    """With a paired batch the loss is clip loss + box_weight x box-crop loss, on the outputs each labels."""
+    kwargs = dict(n_classes=C, optim={"lr": 1e-3, "weight_decay": 0.0},
+                  model={"detector": "multilabel", "backbone": "resnet18", "head": "framewise",
+                         "frontend": {"n_mels": 32, "hop_length": 320}},
+                  augment={}, loss={"kind": "bce"})
+    torch.manual_seed(0)
+    wave = torch.randn(2, 16000)
+    clips = {"wave": wave, "targets": torch.ones(2, C), "mask": torch.ones(2, C),
+             "box_mask": torch.zeros(2, C, dtype=torch.bool)}
+    module = NoisyStudentModule(box_weight=0.5, **kwargs).eval()  # eval: no dropout, BN fixed
+    frames = module.model.output_frames(16000)
+    boxes = {"wave": wave.flip(0), "targets": torch.zeros(2, C, frames), "mask": torch.ones(2, C, frames)}
+    module.log = lambda *a, **k: None
+    weak = module.masked_loss(wave, clips["targets"], clips["mask"], "clip_logits")
+    anchor = module.masked_loss(boxes["wave"], boxes["targets"], boxes["mask"], "framewise_logits")
+    both = module.training_step({"clips": clips, "boxes": boxes}, 0)
+    assert torch.isclose(both, weak + 0.5 * anchor) and anchor > 0 and weak > 0
+    assert torch.isclose(module.training_step(clips, 0), weak)          # a plain clip batch: no anchor
+
+
+def test_negative_box_weight_is_refused(tmp_path):
+    cfg = load_config(["stage=noisy_student", "preset=smoke", f"workspace={tmp_path}",
+                       "noisy_student.box_weight=-1"])
+    with pytest.raises(ValueError, match="noisy_student.box_weight=-1.0: must be >= 0"):
+        NoisyStudentStage(SimpleNamespace(cfg=cfg, workspace=tmp_path, is_global_zero=True))
+
+
+def test_student_starts_from_the_newest_fitting_teacher_of_its_fold(tmp_path):
+    """Only a teacher's own fold model with the student's backbone may start a student fold; the template
+    teacher (no network) and a teacher of another backbone never do. ``teacher`` fails loudly without one,
+    ``auto`` falls back to scratch, ``scratch`` never looks."""
+    cfg = load_config(["stage=noisy_student", "preset=smoke", f"workspace={tmp_path}", "noisy_student.init=teacher"])
+    backbone = cfg.model.backbone
+
+    def entry(name, order, arch, folds=(0,)):
+        checkpoints = {}
+        for fold in range(2):
+            path = f"{name}/fold{fold}/checkpoints/last.ckpt" if fold in folds else None
+            if path:
+                (tmp_path / path).parent.mkdir(parents=True)
+                (tmp_path / path).write_bytes(b"")
+            checkpoints[str(fold)] = {"last": path}
+        return SimpleNamespace(name=name, order=order, provenance={"config": {"model": {"backbone": arch}},
+                                                                   "checkpoints": checkpoints})
+
+    teachers = [entry("round0_template", 0, None, folds=()), entry("round1_coteach", 1, backbone),
+                entry("round2_coteach", 2, backbone), entry("round3_big", 3, "efficientnet_b0", folds=(0, 1))]
+    stage = NoisyStudentStage(SimpleNamespace(cfg=cfg, workspace=tmp_path, is_global_zero=True), name="round4_ns")
+    stage.teachers = lambda: teachers
+    assert stage.teacher_checkpoint(0) == tmp_path / "round2_coteach/fold0/checkpoints/last.ckpt"
+    assert stage.teacher_checkpoint(1) is None
+    model = {"detector": "multilabel", "backbone": backbone}
+    stage._fold = 0
+    assert stage.model_config(model)["init_from"] == str(tmp_path / "round2_coteach/fold0/checkpoints/last.ckpt")
+    assert stage.state.fold("round4_ns", 0)["init_from"] == "round2_coteach/fold0/checkpoints/last.ckpt"
+    stage._fold = 1
+    with pytest.raises(ValueError, match="noisy_student.init=teacher: no teacher of round4_ns has a fold-1"):
+        stage.model_config(model)
+    stage.init_mode = "auto"
+    assert "init_from" not in stage.model_config(model)
+    stage.init_mode, stage._fold = "scratch", 0
+    assert "init_from" not in stage.model_config(model)
+
+
+def test_unknown_init_mode_is_refused(tmp_path):
+    cfg = load_config(["stage=noisy_student", "preset=smoke", f"workspace={tmp_path}", "noisy_student.init=teachers"])
+    with pytest.raises(ValueError, match="noisy_student.init='teachers': choose one of auto, teacher, scratch"):
+        NoisyStudentStage(SimpleNamespace(cfg=cfg, workspace=tmp_path, is_global_zero=True))
+
+
 @pytest.mark.slow
 def test_cli_bootstrap_then_noisy_student(tmp_path, smoke_data_root):
     ws = tmp_path / "ws"
@@ -108,6 +196,11 @@ def test_cli_bootstrap_then_noisy_student(tmp_path, smoke_data_root):
     assert state["teachers"] == ["bootstrap"]
     assert [state["folds"][str(k)]["status"] for k in range(2)] == ["done", "done"]
     assert state["config"]["augment"]["mixup_p"] == 0.8
+    # each fold started from the bootstrap's model of the same fold, and trained on box crops too
+    assert [state["folds"][str(k)]["init_from"] for k in range(2)] == [
+        f"bootstrap/fold{k}/checkpoints/last.ckpt" for k in range(2)]
+    metrics = pd.read_csv(ws / "logs" / "round1_noisy_student" / "fold0" / "metrics.csv")
+    assert metrics["train/box_loss"].notna().any() and metrics["train/clip_loss"].notna().any()
     entries = PseudoLabelPool(ws, writable=False).entries()
     assert [(e.name, e.kind, e.round) for e in entries] == [("bootstrap", "bootstrap", None),
                                                            ("round1_noisy_student", "noisy_student", 1)]

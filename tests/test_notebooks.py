@@ -32,7 +32,7 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     (tmp_path / "work").mkdir()
     monkeypatch.setenv("RFCX_NOTEBOOK_DIR", str(tmp_path / "work"))
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
+    NotebookClient(notebook, timeout=1800, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]

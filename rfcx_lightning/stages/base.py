@@ -67,10 +67,15 @@ class StageModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The masked loss of ``target_output`` against the batch's targets, weights as the mask."""
         targets, mask = self.training_labels(batch)
-        out, targets, mask = self.augmented_forward(batch["wave"], targets, mask)
-        loss = self.loss_fn(out[self.target_output], targets, mask)
+        loss = self.masked_loss(batch["wave"], targets, mask, self.target_output)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["wave"]))
         return loss
+
+    def masked_loss(self, wave: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                    output: str) -> torch.Tensor:
+        """The loss of one output (``framewise_logits`` or ``clip_logits``) on augmented inputs."""
+        out, targets, mask = self.augmented_forward(wave, targets, mask)
+        return self.loss_fn(out[output], targets, mask)
 
     def limit_pseudo_classes(self, weights: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Pool-target stages: train a band detector on ``model.band.pseudo_classes_per_item`` random
