@@ -24,7 +24,7 @@ Box anchor (``noisy_student.box_weight``): every step also takes a batch of the 
 crops (the bootstrap's crops and framewise masked loss), weighted by ``box_weight``. Why: a student
 trained from scratch on clip labels alone has only "somewhere in these 60 s" to go on; on the medium
 synthetic set (no pretrained weights) it stayed at the prior (fold 0: test LWLRAP 0.699 vs prior 0.689,
-held-out box AUROC 0.38), while the box crops tell it where the calls are (README "noisy_student").
+held-out box AUROC 0.39), while the box crops tell it where the calls are (README "noisy_student").
 
 Start (``noisy_student.init``): ``auto`` (default) starts each fold's student from the backbone of the
 newest teacher that has a checkpoint of the same fold and the same backbone (so the OOF predictions stay
@@ -38,11 +38,10 @@ slightly optimistic (the usual price of OOF pseudo labels; test scores are unaff
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Sequence
-
-import functools
 
 import numpy as np
 import pytorch_lightning as pl
