@@ -301,9 +301,9 @@ class NoisyStudentStage(KFoldStage):
         for entry in sorted(self.teachers(), key=lambda e: e.order, reverse=True):
             info = (entry.provenance.get("checkpoints") or {}).get(str(fold)) or {}
             model = (entry.provenance.get("config") or {}).get("model") or {}
-            path = info.get("last")
-            if path and model.get("backbone") == wanted and (self.ctx.workspace / path).exists():
-                return self.ctx.workspace / path
+            path = self.state.resolve(info["last"]) if info.get("last") else None
+            if path is not None and model.get("backbone") == wanted and path.exists():
+                return path
         return None
 
     def model_config(self, model: dict) -> dict:
