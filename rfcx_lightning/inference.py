@@ -94,33 +94,78 @@ def _predict_windows(model, wave, window_seconds, hop_seconds, sample_rate):
 
     The stitched grid (frames per window x windows) can differ from the whole-recording grid by a frame
     or two of rounding; it is resampled onto the latter, so OOF files, pool targets and ensembles of runs
-    predicted in different modes line up frame for frame.
+    predicted in different modes line up frame for frame. The placement is :class:`WindowStitcher`'s,
+    shared with the streaming detector (``stage=detect``), which feeds it the same windows a few at a time.
     """
     sr = sample_rate or model.frontend.sample_rate
     win, hop = int(window_seconds * sr), int(hop_seconds * sr)
     n = wave.shape[-1]
+    starts = window_starts(n, win, hop)
+    windows = torch.stack([wave[:, s:s + win] for s in starts], 1)  # (B, W, win)
+    b, w = windows.shape[:2]
+    frames, clip = window_probabilities(model, windows.reshape(b * w, -1))
+    frames, clip = frames.reshape(b, w, *frames.shape[1:]), clip.reshape(b, w, -1)
+    stitcher = WindowStitcher(n, win)
+    stitcher.add(starts, frames, clip)
+    t_whole = model.output_frames(n) if hasattr(model, "output_frames") else None
+    return stitcher.finish(t_whole)
+
+
+def window_probabilities(model: torch.nn.Module, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 probabilities of a batch of windows (W, n): framewise (W, C, t) and clip (W, C).
+
+    Kept float32 (not the float16 of the final output) because the windows are averaged where they overlap.
+    """
+    out = model(windows)
+    return torch.sigmoid(out["framewise_logits"].float()), torch.sigmoid(out["clip_logits"].float())
+
+
+def window_starts(n: int, win: int, hop: int) -> list[int]:
+    """Start samples of the prediction windows over ``n`` samples: every ``hop``, plus one flush with the end."""
     starts = list(range(0, max(1, n - win) + 1, hop))
     if starts[-1] + win < n:
         starts.append(n - win)
-    windows = torch.stack([wave[:, s:s + win] for s in starts], 1)  # (B, W, win)
-    b, w = windows.shape[:2]
-    out = model(windows.reshape(b * w, -1))
-    frames = torch.sigmoid(out["framewise_logits"].float()).reshape(b, w, -1, out["framewise_logits"].shape[-1])
-    t_win = frames.shape[-1]
-    t_total = int(round(t_win * n / win))
-    acc = wave.new_zeros(b, frames.shape[2], t_total)
-    count = wave.new_zeros(t_total)
-    for j, s in enumerate(starts):
-        t0 = min(int(round(s / n * t_total)), t_total - t_win)
-        acc[..., t0:t0 + t_win] += frames[:, j]
-        count[t0:t0 + t_win] += 1
-    framewise = acc / count.clamp_min(1)
-    if hasattr(model, "output_frames"):  # onto the whole-recording grid, so every mode gives the same T
-        t_whole = model.output_frames(n)
-        if t_whole != t_total:
-            framewise = torch.nn.functional.interpolate(framewise, size=t_whole, mode="linear", align_corners=False)
-    clip = torch.sigmoid(out["clip_logits"].float()).reshape(b, w, -1).amax(1)
-    return framewise.half(), clip
+    return starts
+
+
+class WindowStitcher:
+    """Accumulates window outputs of one recording onto its stitched grid; :meth:`finish` averages them.
+
+    Windows may be added in any number of calls (in any order), so a long file can be predicted a few
+    windows at a time with memory bounded by the output grid, and the result is the very arithmetic of a
+    one-shot pass over all windows. ``frames`` are (..., W, C, t_win) probabilities and ``clip`` (..., W, C);
+    leading dimensions (recordings in a batch, fold models) are kept.
+    """
+
+    def __init__(self, n: int, win: int):
+        self.n, self.win = int(n), int(win)
+        self.acc: torch.Tensor | None = None
+        self.clip: torch.Tensor | None = None
+
+    def add(self, starts: Sequence[int], frames: torch.Tensor, clip: torch.Tensor) -> None:
+        t_win = frames.shape[-1]
+        if self.acc is None:
+            self.t_total = int(round(t_win * self.n / self.win))
+            self.acc = frames.new_zeros(*frames.shape[:-3], frames.shape[-2], self.t_total)
+            self.count = frames.new_zeros(self.t_total)
+        for j, s in enumerate(starts):
+            t0 = min(int(round(int(s) / self.n * self.t_total)), self.t_total - t_win)
+            self.acc[..., t0:t0 + t_win] += frames[..., j, :, :]
+            self.count[t0:t0 + t_win] += 1
+        window_max = clip.amax(-2)
+        self.clip = window_max if self.clip is None else torch.maximum(self.clip, window_max)
+
+    def finish(self, t_whole: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(framewise float16 on ``t_whole`` frames when given, clip float32): the mean where windows overlap."""
+        if self.acc is None:
+            raise RuntimeError("WindowStitcher.finish() before any window was added")
+        framewise = self.acc / self.count.clamp_min(1)
+        if t_whole is not None and t_whole != self.t_total:  # onto the whole-recording grid: every mode, same T
+            shape = framewise.shape
+            framewise = torch.nn.functional.interpolate(framewise.reshape(-1, shape[-2], shape[-1]), size=t_whole,
+                                                        mode="linear", align_corners=False)
+            framewise = framewise.reshape(*shape[:-1], t_whole)
+        return framewise.half(), self.clip
 
 
 class ShardedPredictionWriter(BasePredictionWriter):

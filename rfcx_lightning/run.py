@@ -66,6 +66,14 @@ def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:
         from .orchestration.pipeline import PipelineStage
 
         return PipelineStage(cfg, overrides).run()
+    if cfg.stage.name == "detect":  # applies a finished workspace's models; needs no data context
+        from .detection import DetectStage
+
+        return DetectStage(cfg).run()
+    if cfg.stage.name == "report":  # reads a finished workspace; must not create one or build a cache
+        from .stages.report import ReportStage
+
+        return ReportStage(cfg).run()
     started = time.time()
     ctx = prepare_context(cfg)
     name = standalone_run_name(RunState(ctx.workspace, writable=False).data["stages"], cfg.stage.name)

@@ -14,7 +14,7 @@ import torch
 from rfcx_lightning.data.audio import AudioCache
 from rfcx_lightning.data.datamodule import FoldDataModule, RecordingSet, box_anchors
 from rfcx_lightning.data.labels import BoxIndex
-from rfcx_lightning.pseudo.crops import PseudoCropDataset, RandomCropSource
+from rfcx_lightning.pseudo.crops import PseudoCropDataset, RandomCropSource, mix_crops
 from rfcx_lightning.pseudo.pool import PoolError, PseudoLabelPool, TeacherStack
 from rfcx_lightning.pseudo.targets import crop_targets
 from rfcx_lightning.stages.coteach import CoteachDataModule, CoteachModule
@@ -55,7 +55,7 @@ def crop_world(tmp_path_factory):
     return cache, train, stack(TRAIN, 0), stack(TEST, 50)
 
 
-def make_dataset(crop_world, p_box=0.5, with_test=True, n_items=400, pseudo_weight=0.5):
+def make_dataset(crop_world, p_box=0.5, with_test=True, n_items=400, pseudo_weight=0.5, mix_p=0.0):
     cache, train, train_stack, test_stack = crop_world
     anchors = box_anchors(train.boxes, np.ones(len(TRAIN), bool))
     sources = [RandomCropSource("train", tuple(TRAIN), train_stack, train.boxes)]
@@ -63,7 +63,7 @@ def make_dataset(crop_world, p_box=0.5, with_test=True, n_items=400, pseudo_weig
         sources.append(RandomCropSource("test", tuple(TEST), test_stack, None))
     return PseudoCropDataset(cache, train, train_stack, anchors, sources, n_classes=C, crop_seconds=CROP,
                              n_frames=N_FRAMES, sample_rate=SR, duration_s=DURATION, n_items=n_items,
-                             p_box_crop=p_box, pseudo_weight=pseudo_weight, seed=3)
+                             p_box_crop=p_box, pseudo_weight=pseudo_weight, seed=3, mix_p=mix_p)
 
 
 @pytest.mark.parametrize("p_box", [0.0, 0.3, 0.5, 1.0])
@@ -145,6 +145,39 @@ def test_random_crops_never_use_the_held_out_fold(crop_world):
 
 TINY_MODEL = dict(backbone="mobilenetv3_small_050", head="framewise",
                   frontend=dict(sample_rate=SR, n_fft=256, hop_length=160, n_mels=16, fmax=4000.0))
+
+
+def test_mixed_crops_take_the_max_target_and_keep_box_cells_at_weight_one():
+    """TP cell + pseudo 0.3 -> 1 (w 1); FP cell + pseudo 0.6 -> 0.6 (w 1); pseudo 0.2 + pseudo 0.7 -> 0.7."""
+    wave = np.ones(4, np.float32)
+    a = (wave, np.array([[1.0, 0.0, 0.2]], np.float32), np.array([[1.0, 1.0, 0.5]], np.float32),
+         np.array([[1.0, 1.0, 0.0]], np.float32))
+    b = (2 * wave, np.array([[0.3, 0.6, 0.7]], np.float32), np.full((1, 3), 0.5, np.float32),
+         np.zeros((1, 3), np.float32))
+    mixed_wave, targets, weights, box_mask = mix_crops(a, b)
+    np.testing.assert_allclose(mixed_wave, 3 * wave)                       # heard at once: the sum
+    np.testing.assert_allclose(targets, [[1.0, 0.6, 0.7]])
+    np.testing.assert_allclose(weights, [[1.0, 1.0, 0.5]])
+    np.testing.assert_allclose(box_mask, [[1.0, 1.0, 0.0]])               # co-teaching never drops these
+
+
+def test_mix_p_mixes_that_share_of_items_and_leaves_the_rest_unchanged(crop_world):
+    plain, mixed = make_dataset(crop_world, mix_p=0.0), make_dataset(crop_world, mix_p=0.5)
+    partners = [mixed.mix_partner(0, i) for i in range(2000)]
+    assert abs(np.mean([p is not None for p in partners]) - 0.5) < 0.035
+    assert all(plain.mix_partner(0, i) is None for i in range(50))
+    for i in range(40):                                        # the item's own window is never redrawn
+        assert plain.window(0, i) == mixed.window(0, i)
+        a, b = plain[(0, i)], mixed[(0, i)]
+        if partners[i] is None:
+            assert all(torch.equal(a[k], b[k]) for k in a)
+        else:
+            partner = mixed.crop(*partners[i], 0, i)
+            np.testing.assert_allclose(b["wave"].numpy(), a["wave"].numpy() + partner[0], atol=1e-6)
+            np.testing.assert_allclose(b["targets"].numpy(), np.maximum(a["targets"].numpy(), partner[1]))
+            assert (b["weights"].numpy() >= a["weights"].numpy()).all()
+    with pytest.raises(ValueError, match="mix_p must be in"):
+        make_dataset(crop_world, mix_p=1.5)
 
 
 def tiny_module(**coteach):
@@ -246,9 +279,9 @@ def test_bootstrap_then_coteach_writes_the_same_outputs_and_joins_the_pool(tmp_p
     assert not list(ws.rglob("*.tmp"))
     # a fold checkpoint rebuilds the pair by itself (re-prediction loads it without the stage config)
     module = CoteachModule.load_from_checkpoint(str(ws / cot["folds"]["0"]["checkpoint"]), map_location="cpu")
-    assert module.coteach["teachers"] == "latest" and isinstance(module.peer, torch.nn.Module)
+    assert module.coteach["teachers"] == "all" and isinstance(module.peer, torch.nn.Module)
 
     # resuming the run keeps its teachers, even though the pool grew (its own entry is now the latest)
     ctx = prepare_context(load_config(coteach_args(ws, smoke_data_root, "stage=coteach")))
     assert CoteachStage(ctx, name=name).train_stack.names == ["bootstrap"]
-    assert CoteachStage(ctx, name="round9_coteach").train_stack.names == [name]
+    assert CoteachStage(ctx, name="round9_coteach").train_stack.names == ["bootstrap", name]   # teachers: all

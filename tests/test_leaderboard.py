@@ -103,10 +103,47 @@ def test_holdout_bad_input_names_file_row_and_field(tmp_path, truth_csv):
     with pytest.raises(ValueError, match=r"submission.csv, line 4 \(recording_id a03\), column s0: 'oops'"):
         HoldoutLeaderboard(truth_csv).score(bad, "r0")
     stranger = write_table(tmp_path / "stranger.csv", np.ones((4, 4)), ids=["a01", "a02", "a03", "zzz"])
-    with pytest.raises(ValueError, match=r"labels.csv: no labels for 1 submitted recordings, e.g. \['zzz'\]"):
+    with pytest.raises(ValueError, match=r"labels.csv: 1 labelled recordings are not in the submission "
+                                         r".*stranger.csv, e.g. \['007'\]"):
         HoldoutLeaderboard(truth_csv).score(stranger, "r0")
     with pytest.raises(FileNotFoundError, match="lb.labels .*nowhere.csv does not exist"):
         HoldoutLeaderboard(tmp_path / "nowhere.csv").score(stranger, "r0")
+
+
+def test_holdout_on_half_the_submission_scores_the_labelled_half(tmp_path, truth_csv, capsys):
+    # Kaggle's public LB scores a subset of the submitted recordings: 4 labelled of 8 submitted
+    rng = np.random.default_rng(1)
+    scores = rng.random((8, 4))
+    ids = ["b01", "a01", "b02", "a02", "a03", "b03", "007", "b04"]     # labelled ones interleaved
+    submission = write_table(tmp_path / "submission.csv", scores, ids=ids)
+    truth = pd.read_csv(truth_csv, dtype={"recording_id": str}).set_index("recording_id")
+    labelled = [i for i, rid in enumerate(ids) if rid in truth.index]
+    expected = lwlrap(scores[labelled], truth.loc[[ids[i] for i in labelled], COLUMNS].to_numpy() > 0)
+    board = HoldoutLeaderboard(truth_csv)
+    assert board.score(submission, "r0") == pytest.approx(expected)
+    assert board.last_counts == (4, 8)
+    assert f"lb=holdout: scored 4 of 8 submitted recordings (labels: {truth_csv})" in capsys.readouterr().out
+    # the unlabelled half does not move the score, whatever it holds
+    scrambled = scores.copy()
+    scrambled[[i for i in range(8) if i not in labelled]] = rng.random((4, 4)) * 10
+    assert board.score(write_table(tmp_path / "scrambled.csv", scrambled, ids=ids), "r1") == pytest.approx(expected)
+    # and it is not the score of the whole submission against anything: a perfect labelled half scores 1.0
+    perfect = scores.copy()
+    perfect[labelled] = truth.loc[[ids[i] for i in labelled], COLUMNS].to_numpy(dtype=float)
+    assert board.score(write_table(tmp_path / "perfect.csv", perfect, ids=ids), "r2") == pytest.approx(1.0)
+
+
+def test_holdout_without_overlap_or_with_a_missing_labelled_recording_fails_naming_the_file(tmp_path, truth_csv):
+    board = HoldoutLeaderboard(truth_csv)
+    disjoint = write_table(tmp_path / "disjoint.csv", np.ones((4, 4)), ids=["x1", "x2", "x3", "x4"])
+    with pytest.raises(ValueError, match=r"lb.labels .*labels.csv: none of the 4 recordings of the submission "
+                                         r".*disjoint.csv is labelled"):
+        board.score(disjoint, "r0")
+    # a labelled recording the submission lacks: named, with the label file
+    three = write_table(tmp_path / "three.csv", np.ones((3, 4)), ids=["a01", "a02", "a03"])
+    with pytest.raises(ValueError, match=r"lb.labels .*labels.csv: 1 labelled recordings are not in the "
+                                         r"submission .*three.csv, e.g. \['007'\]"):
+        board.score(three, "r0")
 
 
 def test_kaggle_submits_once_and_polls_the_public_score(tmp_path, monkeypatch):

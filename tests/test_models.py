@@ -13,7 +13,7 @@ from rfcx_lightning.models.backbones import (
     create_backbone,
     load_pretrained,
 )
-from rfcx_lightning.models.detector import SpeciesDetector
+from rfcx_lightning.models.detector import SpeciesDetector, backbone_kwargs, build_detector
 from rfcx_lightning.models.heads import FramewiseHead, SEDAttentionHead, build_head
 
 SR = 32000
@@ -192,3 +192,19 @@ def test_flatten_head_keeps_frequency_rows_as_channels():
     assert model.head.classifier[-1].in_channels == backbone_num_features(model.backbone) * rows
     out = model(torch.randn(2, 32000))
     assert out["framewise_logits"].shape[:2] == (2, 5) and out["clip_logits"].shape == (2, 5)
+
+
+def test_drop_path_rate_reaches_the_timm_backbone_and_zero_leaves_it_unchanged():
+    model = {"detector": "multilabel", "backbone": "mobilenetv3_small_050", "head": "framewise",
+             "frontend": {"n_mels": 32, "hop_length": 320}}
+    assert backbone_kwargs(dict(model, drop_path_rate=0.0)) == {}
+    assert backbone_kwargs(dict(model, drop_path_rate=0.15, backbone_kwargs={"x": 1})) == \
+        {"x": 1, "drop_path_rate": 0.15}
+
+    def drop_paths(net):
+        return [m for m in net.modules() if type(m).__name__ == "DropPath"]
+
+    assert not drop_paths(build_detector(3, dict(model, drop_path_rate=0.0)))
+    assert drop_paths(build_detector(3, dict(model, drop_path_rate=0.15)))
+    with pytest.raises(ValueError, match=r"model.drop_path_rate=1.5: must be in \[0, 1\)"):
+        backbone_kwargs(dict(model, drop_path_rate=1.5))

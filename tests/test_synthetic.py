@@ -3,6 +3,7 @@ determinism, statistics, reuse and atomicity. CPU only; one small data set is sh
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from rfcx_lightning.data.synthetic import (
     ensure_synthetic,
     generate,
     load_calls,
+    load_call_shapes,
     load_confusers,
+    load_distractors,
     load_truth,
     plan_dataset,
 )
@@ -194,19 +197,50 @@ def test_planted_call_is_audible_in_its_band(root):
 
 # ---------------------------------------------------------------------------------------------- determinism
 
-def test_same_seed_same_bytes_any_workers(tmp_path):
-    a = generate(tmp_path / "a", _tiny(5), workers=1, progress=False)
-    b = generate(tmp_path / "b", _tiny(5), workers=2, progress=False)
+@pytest.mark.parametrize("level", [dict(), dict(difficulty="realistic", n_species=6)])
+def test_same_seed_same_bytes_any_workers(tmp_path, level):
+    a = generate(tmp_path / "a", _tiny(5, **level), workers=1, progress=False)
+    b = generate(tmp_path / "b", _tiny(5, **level), workers=2, progress=False)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert files_a == files_b and len(files_a) > 10
     for rel in files_a:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    c = generate(tmp_path / "c", _tiny(6), workers=1, progress=False)
+    c = generate(tmp_path / "c", _tiny(6, **level), workers=1, progress=False)
     assert (a / "train_tp.csv").read_bytes() != (c / "train_tp.csv").read_bytes()
     flac_a, flac_c = sorted((a / "train").glob("*.flac")), sorted((c / "train").glob("*.flac"))
     assert [p.name for p in flac_a] != [p.name for p in flac_c]
     assert not np.array_equal(sf.read(str(flac_a[0]))[0], sf.read(str(flac_c[0]))[0])
+
+
+# Digests of tiny sets written by the generator before `variation` and the realistic level existed
+# (commit 47ae525): decoded PCM of every FLAC, and the bytes of every CSV it wrote then.
+_PRE_VARIATION_DIGESTS = {("medium", 0): ("72a197638e76cb52", "f5745e7a96a81c15"),
+                          ("hard", 5): ("fa43733265e6eb81", "10a9435d47d7d71c")}
+_PRE_VARIATION_TABLES = ("sample_submission.csv", "train_fp.csv", "train_tp.csv", "truth/calls.csv",
+                         "truth/confusers.csv", "truth/test_labels.csv", "truth/train_labels.csv")
+
+
+def _digests(root: Path) -> tuple[str, str]:
+    """(audio, tables) digests: PCM rather than FLAC bytes, so a libFLAC update cannot break them."""
+    audio, tables = hashlib.sha256(), hashlib.sha256()
+    for path in sorted(root.rglob("*.flac")):
+        audio.update(str(path.relative_to(root)).encode())
+        audio.update(sf.read(str(path), dtype="int16")[0].tobytes())
+    for rel in sorted(_PRE_VARIATION_TABLES):
+        tables.update(rel.encode())
+        tables.update((root / rel).read_bytes())
+    return audio.hexdigest()[:16], tables.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("difficulty,seed,variation", [("medium", 0, None), ("hard", 5, 0.0)])
+def test_variation_zero_is_byte_identical_to_the_data_before_it(tmp_path, difficulty, seed, variation):
+    root = generate(tmp_path / "d", _tiny(seed, difficulty=difficulty, variation=variation), progress=False)
+    assert _digests(root) == _PRE_VARIATION_DIGESTS[(difficulty, seed)]
+    assert json.loads((root / "manifest.json").read_text())["config"]["variation"] == 0.0
+    assert load_distractors(root).empty
+    shapes = load_call_shapes(root)
+    assert len(shapes) == len(load_calls(root)) and (shapes.individual == 0).all()
 
 
 def test_plan_is_deterministic():
@@ -314,3 +348,166 @@ def test_cli(tmp_path, capsys):
     assert synthetic.main(args) == 0                    # reused
     assert synthetic.main(args[:-2] + ["8", "--no-progress"]) == 2
     assert "seed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- individuals
+
+def _plan_shapes(variation: float):
+    plan = plan_dataset(SyntheticConfig(n_train=20, n_test=10, seed=4, tp_per_species=2, variation=variation))
+    return plan, synthetic._calls_frame(plan), synthetic._call_shapes_frame(plan)
+
+
+def test_variation_gives_every_individual_its_own_song():
+    plan0, calls0, shapes0 = _plan_shapes(0.0)
+    plan1, calls1, shapes1 = _plan_shapes(1.0)
+    # Only shapes change: who sings, how loud and which calls carry labels stay as at variation 0 (the
+    # times move a little with the durations, so compare as sets).
+    cols = ["split", "recording_id", "species_id", "songtype_id", "snr_db", "label"]
+    assert sorted(calls0[cols].itertuples(index=False)) == sorted(calls1[cols].itertuples(index=False))
+    traits = ["f_a", "duration_s", "fm_rate", "pulse_rate", "note_scale", "curve"]
+    keys = ["species_id", "songtype_id"]
+    spread0 = shapes0.groupby(keys)[traits].std().fillna(0.0)
+    assert (spread0.to_numpy() < 1e-9).all(), "variation 0: every call has its species' song"
+    # Relative spread of each trait over the calls of a song type, where the song type has the trait.
+    means = shapes1.groupby(keys)[traits].mean()
+    relative = (shapes1.groupby(keys)[traits].std() / means).where(means > 0)
+    assert (relative.median() > 0.05).all(), relative.median()
+    # 1-2 individuals per (recording, species); every call of one individual has the individual's song.
+    per_rec = shapes1.groupby(["split", "recording_id", "species_id"]).individual.nunique()
+    assert set(per_rec) == {1, 2}
+    own = shapes1.groupby(["split", "recording_id", "species_id", "songtype_id", "individual"])[traits].nunique()
+    assert (own == 1).all().all()
+    # Pitch moves by up to +/-9% (plus the call's own +/-3%), and the boxes widen to hold every version.
+    bands = synthetic.species_bands(variation=1.0).set_index(["species_id", "songtype_id"])
+    nominal = synthetic.species_bands().set_index(["species_id", "songtype_id"])
+    assert ((bands.f_min < nominal.f_min) & (bands.f_max > nominal.f_max)).all()
+    for c in calls1.itertuples():
+        band = bands.loc[(c.species_id, c.songtype_id)]
+        assert band.f_min <= c.f_min and c.f_max <= band.f_max, c
+    assert set(zip(plan1.tp.f_min, plan1.tp.f_max)) <= set(zip(bands.f_min, bands.f_max))
+
+
+def _log_spec(x: np.ndarray, band: tuple[float, float], sr: int = 48000) -> np.ndarray:
+    """Log power spectrogram rows inside `band` (Hz): what a band-limited template detector sees."""
+    from scipy.signal import stft
+
+    f, _, z = stft(x, sr, nperseg=1024, noverlap=512)
+    return np.log(np.abs(z[(f >= band[0]) & (f <= band[1])]) ** 2 + 1e-6)
+
+
+def _template_ncc(template: np.ndarray, target: np.ndarray) -> float:
+    """Best normalized cross-correlation of a spectrogram template slid in time over a target."""
+    t = (template - template.mean()) / template.std()
+    pad = np.full((target.shape[0], t.shape[1]), target.min())
+    padded = np.concatenate([pad, target, pad], axis=1)
+    best = -1.0
+    for lag in range(padded.shape[1] - t.shape[1] + 1):
+        w = padded[:, lag:lag + t.shape[1]]
+        best = max(best, float((t * (w - w.mean())).mean() / (w.std() + 1e-9)))
+    return best
+
+
+def test_variation_lowers_the_template_fit_between_individuals():
+    """A template cut from one individual's call fits another individual's call much worse at variation
+    1 (it fits every call alike at 0): template matching no longer wins by construction."""
+    rng = np.random.default_rng(0)
+    for species_id in (0, 3, 12):            # a sweep, a two-note call, a whistle
+        song = synthetic.SPECIES[species_id].songs[0]
+        band = song.template_band(1.0)
+        ncc = {}
+        for variation in (0.0, 1.0):
+            scores = []
+            for _ in range(4):
+                a, b = (synthetic._individual_song(song, rng.uniform(-1, 1, synthetic._N_VOICE_DRAWS), variation)
+                        for _ in range(2))
+                waves = [synthetic._synth_call(v, int(v.duration_s * 48000), 48000, 1.0, rng) for v in (a, b)]
+                scores.append(_template_ncc(*(_log_spec(w, band) for w in waves)))
+            ncc[variation] = float(np.mean(scores))
+        assert ncc[0.0] > 0.8 and ncc[1.0] < ncc[0.0] - 0.15, (species_id, ncc)
+
+
+# ---------------------------------------------------------------------------------------------- realistic
+
+@pytest.fixture(scope="module")
+def realistic_plan():
+    return plan_dataset(SyntheticConfig(n_train=40, n_test=60, seed=2, difficulty="realistic"))
+
+
+def test_realistic_level_statistics(realistic_plan):
+    plan, s = realistic_plan, realistic_plan.stats
+    assert plan.config.variation == 1.0 and plan.config.tp_per_species == 10
+    assert (plan.tp.groupby("species_id").size() == 10).all() and plan.tp.species_id.nunique() == 24
+    per_clip = s["per_test_clip"]
+    assert 40 <= per_clip["calls"] <= 52, per_clip
+    assert 16 <= per_clip["confusers"] <= 24, per_clip
+    assert 8 <= per_clip["distractors"] <= 12, per_clip
+    q1, median, _ = s["tp_snr_db_quartiles"]
+    assert 0.0 <= median <= 4.0 and q1 <= -1.0, s["tp_snr_db_quartiles"]
+    assert s["share_calls_below_0db"] >= 0.44, "at least as hard as hard"
+    shares = s["share_clips_with"]
+    assert 0.45 <= shares["insects"] <= 0.75 and 0.05 <= shares["rain"] <= 0.3, shares
+    assert shares["wind"] > 0.2 and shares["clicks"] > 0.15, shares
+
+
+def test_realistic_confusers_mimic_every_class(realistic_plan):
+    """Every species' band holds confusers that are its call but for one trait."""
+    conf = synthetic._confusers_frame(realistic_plan)
+    mimics = conf[conf.kind.isin(set(synthetic._MIMIC_KIND.values()))]
+    assert set(mimics.species_id) == set(range(24))
+    assert 0.35 <= len(mimics) / len(conf) <= 0.65
+    for sp in synthetic.SPECIES:
+        kinds = set(mimics[mimics.species_id == sp.species_id].kind)
+        assert kinds <= {synthetic._MIMIC_KIND[s.shape] for s in sp.songs}, (sp.species_id, kinds)
+    events = [e for p in realistic_plan.test for e in p.events if e.kind == "reversed_notes"]
+    song = synthetic.SPECIES[3].songs[0]
+    e = next(e for e in events if e.species_id == 3)
+    assert (e.voice.f_a < e.voice.f_b) != (song.f_a < song.f_b), "the notes come in the other order"
+
+
+def test_realistic_data_renders(tmp_path):
+    root = generate(tmp_path / "r", _tiny(3, difficulty="realistic", n_species=4), progress=False)
+    distractors = load_distractors(root)
+    assert len(distractors) > 0 and set(distractors.kind) <= set(synthetic._DISTRACTOR_KINDS)
+    assert (load_call_shapes(root).groupby(["recording_id", "species_id"]).individual.max() <= 1).all()
+    for path in sorted((root / "train").glob("*.flac"))[:2]:
+        x, _ = sf.read(str(path), dtype="int16")
+        assert x.std() > 1 and np.abs(x.astype(np.int32)).max() < 32767
+    assert json.loads((root / "manifest.json").read_text())["config"]["variation"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- bad values
+
+@pytest.mark.parametrize("bad,field", [(dict(variation=-0.1), "variation"), (dict(variation=2.5), "variation"),
+                                       (dict(variation="lots"), "variation"), (dict(variation=True), "variation"),
+                                       (dict(difficulty="brutal"), "difficulty")])
+def test_bad_values_fail_naming_the_field(bad, field):
+    with pytest.raises(ValueError, match=field) as err:
+        plan_dataset(_tiny(1, **bad))
+    if field == "difficulty":
+        assert "realistic" in str(err.value), "the error lists the levels"
+
+
+def test_cli_variation_flag(tmp_path, capsys):
+    args = [str(tmp_path / "v"), "--n-train", "3", "--n-test", "2", "--duration-s", "10", "--tp-per-species", "1",
+            "--fp-per-tp", "2", "--no-progress"]
+    assert synthetic.main(args + ["--variation", "-1"]) == 2
+    assert "variation" in capsys.readouterr().err
+    assert synthetic.main(args + ["--variation", "0.5"]) == 0
+    assert "per test clip" in capsys.readouterr().out
+    assert json.loads((tmp_path / "v" / "manifest.json").read_text())["config"]["variation"] == 0.5
+
+
+def test_root_from_before_variation_is_reused_as_variation_zero(root, tmp_path, monkeypatch):
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["config"]["variation"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("must not regenerate")
+
+    monkeypatch.setattr(synthetic, "generate", boom)
+    assert ensure_synthetic(old, SMALL, progress=False) == old
+    with pytest.raises(ValueError, match="variation"):
+        ensure_synthetic(old, SyntheticConfig(n_train=12, n_test=6, seed=3, tp_per_species=2, variation=0.5))

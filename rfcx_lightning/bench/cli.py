@@ -22,7 +22,7 @@ import torch
 from ..workspace import write_json
 from . import report
 
-BENCHMARKS = ("frontend", "training", "inference", "audio", "memory", "scaling")
+BENCHMARKS = ("frontend", "training", "inference", "audio", "memory", "scaling", "detect")
 
 # per --size: keyword arguments of each benchmark
 SIZES: dict[str, dict[str, dict]] = {
@@ -31,7 +31,8 @@ SIZES: dict[str, dict[str, dict]] = {
              "inference": dict(n_recordings=2),
              "audio_build": dict(n_files=2), "audio_crop": dict(n_crops=20, n_decodes=1, rounds=1),
              "memory": dict(sizes=(4, 8), n_test=2, train_batches=2),
-             "scaling": dict()},
+             "scaling": dict(),
+             "detect": dict(long_minutes=2.0, train_batches=2)},
     # a loaded or small CPU machine: the same measurements, fewer repetitions
     "small": {"frontend": dict(repeats=3),
               "training": dict(steps=14, warmup=3, rounds=2),
@@ -39,14 +40,16 @@ SIZES: dict[str, dict[str, dict]] = {
               "audio_build": dict(n_files=4, n_parallel_files=40),
               "audio_crop": dict(n_crops=100, n_decodes=2, rounds=3),
               "memory": dict(sizes=None, n_test=4, train_batches=4),
-              "scaling": dict()},
+              "scaling": dict(),
+              "detect": dict(long_minutes=20.0)},
     "default": {"frontend": dict(repeats=5),
                 "training": dict(steps=30, warmup=5, rounds=2),
                 "inference": dict(n_recordings=None),
                 "audio_build": dict(n_files=8, n_parallel_files=120),
                 "audio_crop": dict(n_crops=200, n_decodes=4, rounds=3),
                 "memory": dict(sizes=None, n_test=10, train_batches=8),
-                "scaling": dict()},
+                "scaling": dict(),
+                "detect": dict(long_minutes=60.0)},
 }
 DEFAULT_OVERRIDES = {"tiny": ["preset=smoke"], "small": [], "default": []}
 
@@ -191,6 +194,10 @@ def _run_one(name: str, setup, state: dict, args: argparse.Namespace, sizes: dic
         from .scaling import bench_scaling
 
         return bench_scaling(args.workspace, **sizes["scaling"])
+    if name == "detect":
+        from .detect import bench_detect
+
+        return bench_detect(setup(), **sizes["detect"])
     raise KeyError(name)
 
 

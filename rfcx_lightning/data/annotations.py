@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 import warnings
+from csv import QUOTE_MINIMAL
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -103,14 +104,17 @@ def _flac_stems(directory: Path) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.flac") if p.is_file())
 
 
-def _read_csv_as_strings(path: Path) -> pd.DataFrame:
-    """Read a CSV with every column as str and no NA guessing.
+def _read_csv_as_strings(path: Path, sep: str = ",", quoting: int = QUOTE_MINIMAL) -> pd.DataFrame:
+    """Read a CSV (or, with a tab `sep`, a tab-separated table such as a Raven selection table, which
+    Raven writes unquoted: `quoting=csv.QUOTE_NONE`) with every column as str and no NA guessing.
 
     Reading everything as text is what keeps `000316000` from becoming the integer 316000; numeric
     columns are converted afterwards, with an error that points at the offending line.
     """
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        return pd.read_csv(path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False, na_filter=False)
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f"{path}: not UTF-8 text ({exc}); re-save the file as UTF-8") from exc
     except pd.errors.EmptyDataError as exc:
         raise AnnotationError(f"{path}: line 1: the file is empty (expected a header row)") from exc
     except pd.errors.ParserError as exc:
@@ -404,11 +408,22 @@ def _parse_numbers(path: Path, column: pd.Series, name: str, *, integer: bool) -
     return values.astype(np.float64)
 
 
-def _check_times(path: Path, frame: pd.DataFrame, duration_s: float, tol: float) -> pd.DataFrame:
-    """t_min < t_max, both within the recording; clip excursions no larger than `tol`."""
+def _field_names(fields: Mapping[str, str] | None):
+    """Name of a frame column as the user's file calls it (`fields` maps e.g. t_min -> 'Begin Time (s)'),
+    so a check shared by several input formats reports the column the user has to edit."""
+    fields = dict(fields or {})
+    return lambda name: fields.get(name, name)
+
+
+def _check_times(path: Path, frame: pd.DataFrame, duration_s: float, tol: float,
+                 fields: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """t_min < t_max, both within the recording; clip excursions no larger than `tol`.
+
+    `fields` renames t_min / t_max in the messages (see _field_names)."""
+    shown = _field_names(fields)
     t_min, t_max = frame["t_min"].to_numpy(), frame["t_max"].to_numpy()
     for bad, name, problem in (
-        (t_min >= t_max, "t_min", "t_min must be smaller than t_max"),
+        (t_min >= t_max, "t_min", f"{shown('t_min')} must be smaller than {shown('t_max')}"),
         (t_min < -tol, "t_min", f"before the start of the recording (tolerance {tol} s)"),
         (t_max > duration_s + tol, "t_max", f"after the end of the {duration_s} s recording (tolerance {tol} s)"),
         (t_min >= duration_s, "t_min", f"at or after the end of the {duration_s} s recording"),
@@ -416,25 +431,27 @@ def _check_times(path: Path, frame: pd.DataFrame, duration_s: float, tol: float)
     ):
         if bad.any():
             pos = np.flatnonzero(bad)
-            _fail(path, pos.tolist(), name, problem, frame[name].iloc[pos].tolist())
+            _fail(path, pos.tolist(), shown(name), problem, frame[name].iloc[pos].tolist())
     frame = frame.copy()
     frame["t_min"] = np.clip(t_min, 0.0, duration_s)
     frame["t_max"] = np.clip(t_max, 0.0, duration_s)
     return frame
 
 
-def _check_frequencies(path: Path, frame: pd.DataFrame, native_sample_rate: int) -> None:
-    """0 <= f_min < f_max <= Nyquist of the native recordings."""
+def _check_frequencies(path: Path, frame: pd.DataFrame, native_sample_rate: float,
+                       fields: Mapping[str, str] | None = None) -> None:
+    """0 <= f_min < f_max <= Nyquist of the native recordings (`fields`: see _field_names)."""
+    shown = _field_names(fields)
     f_min, f_max = frame["f_min"].to_numpy(), frame["f_max"].to_numpy()
     nyquist = native_sample_rate / 2
     for bad, name, problem in (
         (f_min < 0, "f_min", "negative frequency"),
-        (f_min >= f_max, "f_min", "f_min must be smaller than f_max"),
-        (f_max > nyquist, "f_max", f"above the Nyquist frequency {nyquist:g} Hz of {native_sample_rate} Hz audio"),
+        (f_min >= f_max, "f_min", f"{shown('f_min')} must be smaller than {shown('f_max')}"),
+        (f_max > nyquist, "f_max", f"above the Nyquist frequency {nyquist:g} Hz of {native_sample_rate:g} Hz audio"),
     ):
         if bad.any():
             pos = np.flatnonzero(bad)
-            _fail(path, pos.tolist(), name, problem, frame[name].iloc[pos].tolist())
+            _fail(path, pos.tolist(), shown(name), problem, frame[name].iloc[pos].tolist())
 
 
 def _check_species(path: Path, frame: pd.DataFrame, species_ids: Sequence[int]) -> None:

@@ -123,6 +123,22 @@ class SpeciesDetector(DetectorBase):
         return {"framewise_logits": framewise, "clip_logits": clip}
 
 
+def backbone_kwargs(model: dict) -> dict:
+    """timm keyword arguments of the backbone: ``model.backbone_kwargs`` plus ``model.drop_path_rate``.
+
+    Stochastic depth has its own key because it is a per-round student setting (BirdCLEF 2025 1st place:
+    0.15 helped only in self-training), set through ``pipeline.per_round`` or a stage recipe; 0 leaves
+    the backbone exactly as before (timm's default).
+    """
+    kwargs = dict(model.get("backbone_kwargs") or {})
+    rate = float(model.get("drop_path_rate") or 0.0)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"model.drop_path_rate={rate}: must be in [0, 1)")
+    if rate > 0:
+        kwargs["drop_path_rate"] = rate
+    return kwargs
+
+
 def build_detector(n_classes: int, model: dict, spec_augment: dict | None = None) -> nn.Module:
     """The detector a ``model:`` config block describes.
 
@@ -134,7 +150,7 @@ def build_detector(n_classes: int, model: dict, spec_augment: dict | None = None
     kind = model.get("detector") or "multilabel"
     common = dict(frontend=dict(model.get("frontend") or {}), pretrained_path=model.get("pretrained_path"),
                   spec_augment=dict(spec_augment) if spec_augment else None,
-                  backbone_kwargs=dict(model.get("backbone_kwargs") or {}))
+                  backbone_kwargs=backbone_kwargs(model))
     if kind == "multilabel":
         return SpeciesDetector(n_classes=n_classes, backbone=model["backbone"], head=model["head"],
                                head_kwargs=dict(model.get("head_kwargs") or {}), **common)

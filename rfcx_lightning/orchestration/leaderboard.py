@@ -1,7 +1,8 @@
 """Leaderboard hooks: the score that decides whether a pseudo-label round helped. Chosen by ``lb=``.
 
 * ``holdout``: LWLRAP of a round's ``submission.csv`` against a clip-label CSV in sample_submission format
-  (``lb.labels=PATH``; by default ``data.labels``, or the hidden truth of the embedded synthetic data).
+  (``lb.labels=PATH``; by default ``data.labels``, or the hidden truth of the embedded synthetic data);
+  the labels may cover only part of the submitted recordings (like Kaggle's public leaderboard).
 * ``kaggle``: submit the round's ``submission.csv`` with the ``kaggle`` CLI and poll its public score.
   Each round's submission carries a message unique to the workspace and round; a rerun after a kill first
   looks for that message among the existing submissions, so a round is never submitted twice.
@@ -70,12 +71,22 @@ def read_score_table(path: Path, what: str) -> pd.DataFrame:
 
 
 class HoldoutLeaderboard(Leaderboard):
-    """LWLRAP against clip labels that the models never saw (a holdout, or the synthetic hidden truth)."""
+    """LWLRAP against clip labels that the models never saw (a holdout, or the synthetic hidden truth).
+
+    The labels may cover only part of the submission, like Kaggle's public leaderboard, which scores a
+    subset of the submitted recordings: the score is the LWLRAP over the labelled recordings only, and
+    ``score`` prints how many of the submitted recordings that was, so a score on 30 clips is not
+    mistaken for one on 600. Two cases stay errors, naming the label file, because they mean the labels
+    and the submission do not belong together: no submitted recording is labelled, or a labelled
+    recording is absent from the submission (a submission that skips recordings would be rejected by
+    Kaggle, and scoring only the rest would flatter it).
+    """
 
     kind = "holdout"
 
     def __init__(self, labels: str | Path):
         self.labels = Path(labels).expanduser()
+        self.last_counts: tuple[int, int] | None = None     # (scored, submitted) of the latest score()
 
     def score(self, submission: Path, tag: str) -> float:
         predicted = read_score_table(submission, "submission")
@@ -84,12 +95,24 @@ class HoldoutLeaderboard(Leaderboard):
         missing_cols = [c for c in columns if c not in truth.columns]
         if missing_cols:
             raise ValueError(f"lb.labels {self.labels}: no column for {missing_cols[:5]} of the submission")
-        missing = sorted(set(predicted.recording_id) - set(truth.index))
-        if missing:
-            raise ValueError(f"lb.labels {self.labels}: no labels for {len(missing)} submitted recordings, "
-                             f"e.g. {missing[:3]}")
-        y = truth.loc[predicted.recording_id, columns].to_numpy() > 0
-        return float(lwlrap(predicted[columns].to_numpy(dtype=np.float64), y))
+        scored = predicted[predicted.recording_id.isin(truth.index)]
+        if scored.empty:
+            raise ValueError(f"lb.labels {self.labels}: none of the {len(predicted)} recordings of the "
+                             f"submission {submission} is labelled (e.g. {predicted.recording_id.tolist()[:3]}); "
+                             "are these the labels of this test set?")
+        submitted = set(predicted.recording_id)
+        absent = [rid for rid in truth.index if rid not in submitted]
+        if absent:
+            raise ValueError(f"lb.labels {self.labels}: {len(absent)} labelled recordings are not in the "
+                             f"submission {submission}, e.g. {absent[:3]}")
+        self.last_counts = (len(scored), len(predicted))
+        print(f"lb=holdout: scored {len(scored)} of {len(predicted)} submitted recordings (labels: {self.labels})",
+              flush=True)
+        y = truth.loc[scored.recording_id, columns].to_numpy() > 0
+        if not y.any():
+            raise ValueError(f"lb.labels {self.labels}: the {len(scored)} labelled recordings of {submission} "
+                             "have no species present, so LWLRAP is undefined")
+        return float(lwlrap(scored[columns].to_numpy(dtype=np.float64), y))
 
 
 class KaggleLeaderboard(Leaderboard):

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..loggers import build_logger
 from ..workspace import RunState, atomic_path, write_csv
+from .ensemble import ensemble_name, write_round_ensemble
 from .leaderboard import Leaderboard, build_leaderboard
 from .rounds import Decision, plateau_decision, round_name
 
@@ -39,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: the best round's files copied to the top of the workspace
 BEST_FILES = ("submission.csv", "submission_raw.csv", "oof.csv")
+
+#: recipes that cannot be a round: the pipeline itself, stages that train nothing on the data's boxes
+#: (detect, report) and the oracle, which sees the hidden truth and must never teach
+NOT_ROUNDS = frozenset({"pipeline", "detect", "report", "oracle"})
 
 #: override keys that belong to the pipeline recipe only and would break a round stage's composition
 PIPELINE_ONLY_KEYS = ("pipeline", "lb", "stage")
@@ -58,6 +64,8 @@ class PipelineSettings:
     patience: int = 2
     min_delta: float = 0.0
     overrides: dict[str, list[str]] = field(default_factory=dict)   # by kind or by round name
+    per_round: dict[str, list[Any]] = field(default_factory=dict)   # dotted key -> value of round 0, 1, ...
+    ensemble: bool = True          # score the mean of rounds 0..k beside round k (orchestration/ensemble.py)
 
     @classmethod
     def from_cfg(cls, block: DictConfig) -> "PipelineSettings":
@@ -69,22 +77,35 @@ class PipelineSettings:
             sequence = [sequence]
         if not sequence:
             raise ValueError("pipeline.sequence is empty: list the stage kinds to run, e.g. [bootstrap, coteach]")
+        rounds = [s for s in available_stages() if s not in NOT_ROUNDS]
         for position, kind in enumerate(sequence):
-            if kind == "pipeline" or kind not in available_stages():
-                raise ValueError(f"pipeline.sequence[{position}] = {kind!r} is not a stage recipe; choose from "
-                                 f"{[s for s in available_stages() if s != 'pipeline']}")
+            if kind not in rounds:
+                raise ValueError(f"pipeline.sequence[{position}] = {kind!r} is not a stage that can be a round; "
+                                 f"choose from {rounds}")
         overrides = raw.get("overrides") or {}
         for kind, items in overrides.items():
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 raise ValueError(f"pipeline.overrides.{kind} must be a list of key=value strings, got {items!r}")
         settings = cls(sequence=tuple(sequence), repeat_last=bool(raw.get("repeat_last", False)),
                        max_rounds=int(raw.get("max_rounds", 10)), patience=int(raw.get("patience", 2)),
-                       min_delta=float(raw.get("min_delta", 0.0)), overrides=dict(overrides))
+                       min_delta=float(raw.get("min_delta", 0.0)), overrides=dict(overrides),
+                       per_round=flatten_per_round(raw.get("per_round") or {}),
+                       ensemble=bool(raw.get("ensemble", True)))
         if settings.max_rounds < 1:
             raise ValueError(f"pipeline.max_rounds must be >= 1, got {settings.max_rounds}")
         if settings.patience < 0:
             raise ValueError(f"pipeline.patience must be >= 0 (0: never stop early), got {settings.patience}")
         return settings
+
+    def per_round_overrides(self, index: int) -> list[str]:
+        """``key=value`` overrides of round ``index`` from ``per_round`` (past a list's end: its last item;
+        a ``null`` item leaves the key as the recipe has it)."""
+        items = []
+        for key, values in self.per_round.items():
+            value = values[min(index, len(values) - 1)]
+            if value is not None:
+                items.append(f"{key}={_override_value(value)}")
+        return items
 
     def kind_of_round(self, index: int) -> str | None:
         """The stage kind of round ``index``, or ``None`` past the end of the sequence / ``max_rounds``."""
@@ -93,6 +114,31 @@ class PipelineSettings:
         if index < len(self.sequence):
             return self.sequence[index]
         return self.sequence[-1] if self.repeat_last else None
+
+
+def flatten_per_round(block: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """``{coteach: {sharpen: [1, 0.65]}}`` or ``{"coteach.sharpen": [1, 0.65]}`` -> ``{"coteach.sharpen": [...]}``;
+    every leaf must be a non-empty list (one value per round)."""
+    flat: dict[str, list[Any]] = {}
+    for key, value in block.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_per_round(value, f"{name}."))
+        elif isinstance(value, (list, tuple)) and len(value) > 0:
+            flat[name] = list(value)
+        else:
+            raise ValueError(f"pipeline.per_round.{name} must be a non-empty list of values, one per round "
+                             f"(round 0 first; null keeps the recipe's value), got {value!r}")
+    return flat
+
+
+def _override_value(value: Any) -> str:
+    """A Hydra override value: lists and strings as Hydra reads them back."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def round_overrides(overrides: Sequence[str]) -> list[str]:
@@ -121,6 +167,12 @@ def remove_stale_temps(workspace: Path) -> list[Path]:
     if removed:
         log.info("removed %d temporary files left by an interrupted run", len(removed))
     return removed
+
+
+def candidate_score(entry: dict[str, Any]) -> float | None:
+    """A finished round's score for the plateau rule: the better of its own LB score and its ensemble's."""
+    scores = [s for s in (entry.get("lb"), (entry.get("ensemble") or {}).get("lb")) if s is not None]
+    return max(scores) if scores else None
 
 
 def copy_atomic(source: Path, target: Path) -> None:
@@ -152,7 +204,8 @@ class PipelineStage:
         return state, record
 
     def _scores_up_to(self, record: dict[str, Any], index: int) -> list[float | None]:
-        return [record["rounds"].get(self.name_of_round(i), {}).get("lb") for i in range(index + 1)]
+        """Per round, the better LB score of the round and of the ensemble of rounds up to it."""
+        return [candidate_score(record["rounds"].get(self.name_of_round(i), {})) for i in range(index + 1)]
 
     def name_of_round(self, index: int) -> str:
         return round_name(index, self.settings.kind_of_round(index))
@@ -192,7 +245,14 @@ class PipelineStage:
         from ..run import load_config
 
         extra = self.settings.overrides
-        return load_config([f"stage={kind}", *self.overrides, *extra.get(kind, []), *extra.get(name, [])])
+        index = int(name[len("round"):].split("_", 1)[0])
+        composed = load_config([f"stage={kind}", *self.overrides, *extra.get(kind, []), *extra.get(name, [])])
+        per_round = [item for item in self.settings.per_round_overrides(index)
+                     if item.split("=", 1)[0].split(".", 1)[0] in composed]   # coteach.* skips other kinds
+        if not per_round:
+            return composed
+        return load_config([f"stage={kind}", *self.overrides, *per_round, *extra.get(kind, []),
+                            *extra.get(name, [])])
 
     def run_round(self, index: int, kind: str, name: str) -> None:
         from ..stages import stage_class
@@ -219,20 +279,47 @@ class PipelineStage:
         entry.update(scores=scores, lb=score, lb_kind=self.leaderboard.kind,
                      wall_seconds=round(entry.get("wall_seconds", 0.0) + elapsed, 1))
         state.stage(name)["wall_seconds"] = entry["wall_seconds"]
+        if self.settings.ensemble and index > 0:
+            entry["ensemble"] = self.score_ensemble(index, record)
         decision = self.decide(record, index)
-        self.keep_best(decision.best)
+        self.keep_best(record, decision.best)
         entry.update(status="done", decision={"stop": decision.stop, "reason": decision.reason,
-                                              "best": self.name_of_round(decision.best)})
-        record["best"] = entry["decision"]["best"]
+                                              "best": self.best_candidate(record, decision.best)})
+        record["best"] = self.best_candidate(record, decision.best)
         state.save()
         self.log_round(index, name, entry)
         lb_text = "no score" if score is None else f"{score:.4f}"
+        if entry.get("ensemble", {}).get("lb") is not None:
+            lb_text += f" ({entry['ensemble']['name']} {entry['ensemble']['lb']:.4f})"
         print(f"pipeline: {name} done in {entry['wall_seconds']:.0f} s; lb={self.leaderboard.kind} {lb_text}; "
               f"best so far {record['best']}", flush=True)
 
-    def keep_best(self, best: int) -> None:
-        """Copy the best round's submission (and raw submission, OOF) to the top of the workspace."""
-        best_dir = self.workspace / self.name_of_round(best)
+    def score_ensemble(self, index: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Write and score ``ensemble<index>``, the mean of rounds 0..index (``orchestration/ensemble.py``)."""
+        name = ensemble_name(index)
+        members = [self.name_of_round(i) for i in range(index + 1)]
+        write_round_ensemble([self.workspace / m for m in members], self.workspace / name, self.species_prior())
+        score = self.leaderboard.score(self.workspace / name / "submission.csv", f"{record['id']}:{name}")
+        return {"name": name, "members": members, "lb": score}
+
+    def species_prior(self):
+        """``score.prior`` per submission column (the scale of the rounds' submissions), or None."""
+        from ..stages.context import class_prior
+
+        columns = pd.read_csv(self.workspace / self.name_of_round(0) / "submission.csv", nrows=0).columns
+        return class_prior(self.cfg, sum(1 for c in columns if c.startswith("s") and c[1:].isdigit()))
+
+    def best_candidate(self, record: dict[str, Any], best: int) -> str:
+        """The name of round ``best`` or of its ensemble, whichever the leaderboard scored higher."""
+        entry = record["rounds"].get(self.name_of_round(best), {})
+        ensemble = entry.get("ensemble") or {}
+        if ensemble.get("lb") is not None and (entry.get("lb") is None or ensemble["lb"] > entry["lb"]):
+            return ensemble["name"]
+        return self.name_of_round(best)
+
+    def keep_best(self, record: dict[str, Any], best: int) -> None:
+        """Copy the best candidate's submission (and raw submission, OOF) to the top of the workspace."""
+        best_dir = self.workspace / self.best_candidate(record, best)
         for file_name in BEST_FILES:
             if (best_dir / file_name).exists():
                 copy_atomic(best_dir / file_name, self.workspace / file_name)
@@ -244,24 +331,27 @@ class PipelineStage:
         metrics = {f"round/{k}": float(v) for k, v in (entry.get("scores") or {}).items()}
         if entry.get("lb") is not None:
             metrics["round/lb"] = float(entry["lb"])
+        if (entry.get("ensemble") or {}).get("lb") is not None:
+            metrics["round/ensemble_lb"] = float(entry["ensemble"]["lb"])
         metrics["round/wall_seconds"] = float(entry["wall_seconds"])
         self._logger.log_metrics(metrics, step=index)
         self._logger.save()
 
     def finish(self, last: int) -> dict[str, Any]:
         """Copy the best round again (idempotent), write ``W/pipeline_rounds.csv``, return the summary."""
-        import pandas as pd
-
         state, record = self._load()
         decision = self.decide(record, last)
-        self.keep_best(decision.best)
+        self.keep_best(record, decision.best)
         rows = []
         for name, entry in record["rounds"].items():
             rows.append({"round": entry["index"], "name": name, "kind": entry["kind"], "lb": entry.get("lb"),
                          **{k: v for k, v in (entry.get("scores") or {}).items()},
                          "wall_seconds": entry.get("wall_seconds")})
+            if entry.get("ensemble"):
+                rows.append({"round": entry["index"], "name": entry["ensemble"]["name"], "kind": "ensemble",
+                             "lb": entry["ensemble"].get("lb"), "members": "+".join(entry["ensemble"]["members"])})
         write_csv(self.workspace / "pipeline_rounds.csv", pd.DataFrame(rows))
-        record["best"] = self.name_of_round(decision.best)
+        record["best"] = self.best_candidate(record, decision.best)
         record["stopped"] = decision.reason
         state.save()
         if self._logger is not None:

@@ -57,13 +57,7 @@ class InferenceComparison:
         return "whole" if seconds >= float(self.ctx.cfg.data.duration_s) else f"window{seconds:g}"
 
     def _module_class(self) -> type[StageModule]:
-        from ..stages import stage_class
-
-        kind = (self.state.stage(self.source).get("config") or {}).get("stage", {}).get("name")
-        try:
-            return stage_class(kind).module_class if kind else StageModule
-        except (KeyError, ImportError, AttributeError):
-            return StageModule
+        return run_module_class(self.state.stage(self.source))
 
     def _predict_mode(self, mode: str) -> list[dict[str, Path]]:
         """Per fold: paths of the mode's OOF and test predictions (made now unless a rerun finds them)."""
@@ -148,18 +142,14 @@ class InferenceComparison:
     def choose_scales(self, by_scale: dict[float, StageOutputs]) -> list[float]:
         """Per class, the scale whose OOF framewise scores rank its TP boxes above its FP boxes best."""
         boxes = self.ctx.boxes
-        row = {r: i for i, r in enumerate(self.ctx.train.recording_ids)}
+        train_ids = list(self.ctx.train.recording_ids)
         duration = float(self.ctx.cfg.data.duration_s)
         choice = []
         for cls in range(self.ctx.scheme.n_classes):
             sel = boxes[boxes["class_index"] == cls]
             best, best_auc = self.scales[-1], -1.0
             for scale, outputs in by_scale.items():
-                frames = outputs.oof_framewise
-                t = frames.shape[-1]
-                scores = [float(frames[row[r], cls, int(a / duration * t):max(int(a / duration * t) + 1,
-                                                                               int(np.ceil(b / duration * t)))].max())
-                          for r, a, b in zip(sel["recording_id"], sel["t_min"], sel["t_max"])]
+                scores = box_scores(outputs.oof_framewise, train_ids, sel, duration).tolist()
                 labels = sel["is_tp"].to_numpy().astype(int)
                 if len(set(labels)) < 2:
                     continue
@@ -168,6 +158,39 @@ class InferenceComparison:
                     best, best_auc = scale, auc
             choice.append(best)
         return choice
+
+
+def box_scores(framewise: np.ndarray, recording_ids: Sequence[str], boxes, duration_s: float) -> np.ndarray:
+    """Per box (rows of ``boxes``: recording_id, class_index, t_min, t_max): the max framewise score of its
+    class over the frames the box touches (at least one frame).
+
+    ``framewise`` (N, C, T) holds the rows of ``recording_ids`` over ``duration_s`` seconds. The score a box
+    gets is what a detector thresholding frames sees inside it, so it serves both to choose a scale per
+    class (box AUROC, here) and to choose detection thresholds on TP/FP boxes (``stage=detect``).
+    """
+    row = {str(r): i for i, r in enumerate(recording_ids)}
+    t = framewise.shape[-1]
+    out = np.empty(len(boxes), dtype=np.float64)
+    for k, (r, c, a, b) in enumerate(zip(boxes["recording_id"], boxes["class_index"], boxes["t_min"],
+                                         boxes["t_max"])):
+        first = int(a / duration_s * t)
+        out[k] = float(framewise[row[str(r)], int(c), first:max(first + 1, int(np.ceil(b / duration_s * t)))].max())
+    return out
+
+
+def run_module_class(record: dict) -> type[StageModule]:
+    """The LightningModule class of a stage run, from its ``state.json`` record (the config's stage name).
+
+    Loading a checkpoint with its own class restores modules that hold more than one network (coteach);
+    an unknown or missing kind falls back to the shared :class:`StageModule`.
+    """
+    from ..stages import stage_class
+
+    kind = (record.get("config") or {}).get("stage", {}).get("name")
+    try:
+        return stage_class(kind).module_class if kind else StageModule
+    except (KeyError, ImportError, AttributeError):
+        return StageModule
 
 
 def read_npz_seconds(path: Path) -> float:

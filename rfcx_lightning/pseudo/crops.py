@@ -30,7 +30,7 @@ from ..data.labels import BoxIndex, frame_targets
 from .pool import TeacherStack
 from .targets import TeacherSampler, crop_targets, override_with_boxes
 
-__all__ = ["PseudoCropDataset", "RandomCropSource"]
+__all__ = ["PseudoCropDataset", "RandomCropSource", "mix_crops"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class PseudoCropDataset(BoxCropDataset):
                  random_sources: Sequence[RandomCropSource], n_classes: int, crop_seconds: float, n_frames: int,
                  sample_rate: int, duration_s: float, n_items: int, p_box_crop: float = 0.5,
                  fp_fraction: float = 1.0, pseudo_weight: float = 0.5, hard_threshold: float | None = None,
-                 teacher_sampler: TeacherSampler | None = None, seed: int = 0):
+                 teacher_sampler: TeacherSampler | None = None, seed: int = 0, mix_p: float = 0.0):
         super().__init__(cache, train, anchors, n_classes=n_classes, crop_seconds=crop_seconds,
                          label_hz=n_frames / crop_seconds, sample_rate=sample_rate, duration_s=duration_s,
                          jitter=True)
@@ -80,9 +80,12 @@ class PseudoCropDataset(BoxCropDataset):
             raise ValueError("box crops were asked for (coteach.p_box_crop > 0) but the training fold has no "
                              "TP/FP box")
         self.random_sources = list(random_sources)
-        if p_box_crop < 1 and not any(s.recording_ids for s in self.random_sources):
-            raise ValueError("random crops were asked for (coteach.p_box_crop < 1) but there is no recording "
-                             "to draw them from")
+        if not 0.0 <= mix_p <= 1.0:
+            raise ValueError(f"coteach.mix_p must be in [0, 1], got {mix_p}")
+        if (p_box_crop < 1 or mix_p > 0) and not any(s.recording_ids for s in self.random_sources):
+            raise ValueError("random crops were asked for (coteach.p_box_crop < 1 or coteach.mix_p > 0) but "
+                             "there is no recording to draw them from")
+        self.mix_p = float(mix_p)
         self.train_stack = train_stack
         for rid in np.asarray(train.recording_ids)[np.unique(self._box_recording[self.anchors])]:
             train_stack.index_of(rid)  # every anchored recording must have teacher predictions
@@ -111,12 +114,39 @@ class PseudoCropDataset(BoxCropDataset):
             boxes = self.recordings.boxes
             start_s = self.crop_start(float(boxes.t_min[row]), float(boxes.t_max[row]), float(rng.random()))
             return None, int(self._box_recording[row]), start_s, True
+        return (*self.random_window(rng), False)
+
+    def random_window(self, rng: np.random.Generator) -> tuple[RandomCropSource, int, float]:
+        """(source, recording index in it, crop start in s) of a random window of the random sources."""
         source, rec = self._random[int(rng.integers(len(self._random)))]
-        return source, rec, float(rng.uniform(0.0, max(0.0, self.duration_s - self.crop_seconds))), False
+        return source, rec, float(rng.uniform(0.0, max(0.0, self.duration_s - self.crop_seconds)))
+
+    def mix_partner(self, epoch: int, item: int) -> tuple[RandomCropSource, int, float] | None:
+        """The random window mixed into item ``item`` of ``epoch``, or None (probability ``1 - mix_p``).
+
+        Drawn from its own stream of (seed, epoch, item), so ``mix_p=0`` leaves every other draw as it was.
+        """
+        if self.mix_p <= 0:
+            return None
+        rng = np.random.default_rng((self.seed, int(epoch), int(item), 1))
+        return self.random_window(rng) if rng.random() < self.mix_p else None
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         epoch, item = key if isinstance(key, tuple) else (0, int(key))
         source, rec, start_s, is_box = self.window(epoch, item)
+        wave, targets, weights, box_mask = self.crop(source, rec, start_s, epoch, item)
+        partner = self.mix_partner(epoch, item)
+        if partner is not None:
+            wave, targets, weights, box_mask = mix_crops((wave, targets, weights, box_mask),
+                                                         self.crop(*partner, epoch, item))
+        return {"wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+                "targets": torch.from_numpy(targets), "weights": torch.from_numpy(weights),
+                "box_mask": torch.from_numpy(np.ascontiguousarray(box_mask, dtype=np.float32)),
+                "is_box_crop": torch.tensor(is_box)}
+
+    def crop(self, source: RandomCropSource | None, rec: int, start_s: float, epoch: int,
+             item: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(wave, targets, weights, box_mask) of one window: pool targets with the TP/FP boxes on top."""
         if source is None:
             split, boxes, stack = self.recordings.split, self.recordings.boxes, self.train_stack
             rid = self.recordings.recording_ids[rec]
@@ -135,7 +165,21 @@ class PseudoCropDataset(BoxCropDataset):
             box_targets, box_mask = frame_targets(boxes, box_rec, start_s, self.crop_seconds,
                                                   self.n_label_frames, self.n_classes)
         targets, weights = override_with_boxes(pseudo, None, box_targets, box_mask, self.pseudo_weight)
-        return {"wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
-                "targets": torch.from_numpy(targets), "weights": torch.from_numpy(weights),
-                "box_mask": torch.from_numpy(np.ascontiguousarray(box_mask, dtype=np.float32)),
-                "is_box_crop": torch.tensor(is_box)}
+        return np.asarray(wave, np.float32), targets, weights, np.asarray(box_mask, np.float32)
+
+
+def mix_crops(first: tuple[np.ndarray, ...], second: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Two windows heard at once: (wave, targets, weights, box_mask) of their sum.
+
+    A species is in the mixture where it is in either window, so the target is the max of the two
+    (BirdCLEF 2024 2nd / 2025 1st place mixed labelled clips with pseudo-labelled soundscapes this way).
+    A cell either window's TP/FP boxes label keeps weight 1 (``box_mask``), with the max as its target: a
+    TP cell stays 1, an FP cell takes the other window's target (the FP box says nothing about that
+    window); every other cell keeps its pseudo weight (the larger of the two).
+    """
+    wave_a, t_a, w_a, m_a = first
+    wave_b, t_b, w_b, m_b = second
+    box_mask = np.maximum(m_a, m_b)
+    weights = np.where(box_mask > 0, box_mask, np.maximum(w_a, w_b)).astype(np.float32)
+    return ((wave_a + wave_b).astype(np.float32), np.maximum(t_a, t_b).astype(np.float32), weights,
+            box_mask.astype(np.float32))

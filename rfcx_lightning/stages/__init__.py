@@ -15,7 +15,10 @@ STAGES: dict[str, str] = {
     "coteach": "rfcx_lightning.stages.coteach:CoteachStage",
     "noisy_student": "rfcx_lightning.stages.noisy_student:NoisyStudentStage",
     "postprocess": "rfcx_lightning.stages.postprocess:PostprocessStage",
+    "oracle": "rfcx_lightning.stages.oracle:OracleStage",
+    "report": "rfcx_lightning.stages.report:ReportStage",
     "pipeline": "rfcx_lightning.orchestration.pipeline:PipelineStage",
+    "detect": "rfcx_lightning.detection.stage:DetectStage",
 }
 
 

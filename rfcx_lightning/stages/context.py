@@ -7,6 +7,7 @@ exist, so they only open them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -50,9 +51,20 @@ class StageContext:
 
 
 def resolve_data_root(cfg: DictConfig, is_global_zero: bool) -> Path:
-    """The data root; for ``data=synthetic`` it is generated (once) if missing."""
+    """The data root; for ``data=synthetic`` it is generated (once) if missing; for ``data=raven`` it is
+    the Kaggle-layout conversion of the Raven root, made once (``data.converted``)."""
     data = cfg.data
     root = Path(str(data.root)).expanduser().resolve()
+    if data.kind == "raven":
+        from ..data.raven import MANIFEST_NAME, RavenSource, ensure_raven_root
+
+        converted = Path(str(data.converted)).expanduser().resolve()
+        if is_global_zero:
+            ensure_raven_root(RavenSource.from_config(data, allow_other_rates=bool(cfg.audio.allow_other_rates)),
+                              converted)
+        else:
+            wait_for(lambda: (converted / MANIFEST_NAME).exists(), f"the converted Raven root at {converted}")
+        return converted
     if data.kind != "synthetic":
         return root
     from ..data.synthetic import SyntheticConfig, ensure_synthetic
@@ -60,7 +72,7 @@ def resolve_data_root(cfg: DictConfig, is_global_zero: bool) -> Path:
     config = SyntheticConfig(n_train=int(data.n_train), n_test=int(data.n_test), seed=int(data.seed),
                              difficulty=str(data.difficulty), duration_s=float(data.duration_s),
                              sample_rate=int(data.native_sample_rate),
-                             tp_per_species=data.get("tp_per_species"))
+                             tp_per_species=data.get("tp_per_species"), variation=data.get("variation"))
     if is_global_zero:
         ensure_synthetic(root, config, workers=int(data.get("workers", 1)))
     else:
@@ -106,8 +118,45 @@ def load_clip_labels(path: Path, ids: list[str], species: list[int]) -> pd.DataF
     frame = frame.set_index("recording_id")
     absent = sorted(set(ids) - set(frame.index))
     if absent:
-        raise ValueError(f"{path}: no labels for {len(absent)} recordings, e.g. {absent[:3]}")
+        raise ValueError(f"{path}: no labels for {len(absent)} recordings, e.g. {absent[:3]} (data.labels must "
+                         "cover every test recording; for labels of only some, use lb=holdout lb.labels=PATH)")
     return frame.loc[ids, columns].reset_index()
+
+
+def clip_label_sources(cfg: DictConfig, root: Path) -> dict[str, Path]:
+    """Where the clip labels every stage scores against come from, per split (``test``, ``train``).
+
+    ``data.labels`` (test recordings only) wins; otherwise the synthetic data's hidden truth (both splits);
+    otherwise none: real RFCx train data has no clip labels. One rule, so that the stages' own scores and
+    ``stage=report`` can never disagree about the truth.
+    """
+    if cfg.data.get("labels"):
+        return {"test": Path(str(cfg.data.labels))}
+    if cfg.data.kind == "synthetic":
+        return {"test": root / "truth" / "test_labels.csv", "train": root / "truth" / "train_labels.csv"}
+    return {}
+
+
+def load_clip_truth(cfg: DictConfig, root: Path, train_ids: list[str], test_ids: list[str],
+                    species: list[int]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """``(test_truth, train_truth)`` from :func:`clip_label_sources`, ``None`` for a split without labels."""
+    sources = clip_label_sources(cfg, root)
+    ids = {"test": test_ids, "train": train_ids}
+    test, train = (load_clip_labels(sources[split], ids[split], species) if split in sources else None
+                   for split in ("test", "train"))
+    return test, train
+
+
+def with_train_boxes(ctx: StageContext, boxes: pd.DataFrame) -> StageContext:
+    """A copy of ``ctx`` whose train recordings carry other boxes (``ctx.boxes`` and ``ctx.train.boxes``).
+
+    Everything else is kept, the folds above all: they were made (or read from ``W/folds.csv``) from the
+    annotated boxes, so a stage trained on other labels (the oracle) is scored on the same folds as every
+    other run in the workspace. ``boxes`` has the columns of :func:`~rfcx_lightning.data.annotations.load_boxes`.
+    """
+    ids = list(ctx.train.recording_ids)
+    train = dataclasses.replace(ctx.train, boxes=BoxIndex.from_frame(boxes, ids))
+    return dataclasses.replace(ctx, boxes=boxes, train=train)
 
 
 def prepare_context(cfg: DictConfig) -> StageContext:
@@ -140,12 +189,7 @@ def prepare_context(cfg: DictConfig) -> StageContext:
     fold_of = folds.set_index("recording_id").loc[train_ids, "fold"].to_numpy()
     train = RecordingSet("train", tuple(train_ids), BoxIndex.from_frame(boxes, train_ids))
 
-    test_truth = train_truth = None
-    if data.get("labels"):
-        test_truth = load_clip_labels(Path(str(data.labels)), test_ids, species)
-    elif data.kind == "synthetic":
-        test_truth = load_clip_labels(root / "truth" / "test_labels.csv", test_ids, species)
-        train_truth = load_clip_labels(root / "truth" / "train_labels.csv", train_ids, species)
+    test_truth, train_truth = load_clip_truth(cfg, root, train_ids, test_ids, species)
 
     return StageContext(cfg=cfg, workspace=workspace, data_root=data_root, scheme=scheme, boxes=boxes,
                         train=train, test_ids=list(test_ids), cache=cache, fold_of_recording=fold_of,

@@ -30,7 +30,8 @@ from ..features.augment import waveform_gain_noise
 from ..inference import predict_framewise
 from ..pseudo.coteaching import coteaching_losses, consistency_loss, drop_rate_at, linear_ramp
 from ..pseudo.crops import PseudoCropDataset, RandomCropSource
-from ..pseudo.pool import PoolError, PseudoLabelPool, TeacherStack
+from ..pseudo.pool import TeacherStack
+from ..pseudo.teachers import TeacherSet, TeacherSettings
 from ..pseudo.targets import EpochItemSampler, TeacherSampler
 from .base import StageModule, labelled_classes
 from .runner import KFoldStage
@@ -180,7 +181,7 @@ class CoteachDataModule(FoldDataModule):
         super().__init__(base.cache, base.train_set, base.fold_of_recording, base.fold, base.n_classes, **crop,
                          batch_size=base.batch_size, predict_batch_size=base.predict_batch_size,
                          num_workers=base.num_workers, tp_repeat=base.tp_repeat, fp_fraction=base.fp_fraction,
-                         seed=base.seed, predict_sets=base.predict_sets)
+                         seed=base.seed, predict_sets=base.predict_sets, min_per_epoch=base.min_per_epoch)
         self.train_stack = train_stack
         self.test_source = test_source
         self.settings = dict(settings)
@@ -199,7 +200,9 @@ class CoteachDataModule(FoldDataModule):
         training = self.fold_of_recording != self.fold
         anchors = box_anchors(boxes, training, self.tp_repeat)
         n_tp = int(boxes.is_tp[anchors].sum())
-        n_items = settings.get("epoch_items") or n_tp + int(round(self.fp_fraction * (len(anchors) - n_tp)))
+        # null: a bootstrap epoch, crops.min_per_epoch included (budget, not labels, held students back)
+        n_items = settings.get("epoch_items") or max(n_tp + int(round(self.fp_fraction * (len(anchors) - n_tp))),
+                                                     self.min_per_epoch)
         train_ids = tuple(np.asarray(self.train_set.recording_ids)[training])
         sources = [RandomCropSource("train", train_ids, self.train_stack, boxes)]
         if self.test_source is not None:
@@ -215,7 +218,7 @@ class CoteachDataModule(FoldDataModule):
             hard_threshold=float(settings.get("hard_threshold", 0.5)) if hard else None,
             teacher_sampler=TeacherSampler(self.train_stack.n_teachers, self.seed + self.fold,
                                            mode=str(settings.get("teacher", "mean"))),
-            seed=self.seed + self.fold)
+            seed=self.seed + self.fold, mix_p=float(settings.get("mix_p") or 0.0))
 
     def train_dataloader(self):
         dataset = self.train_dataset()
@@ -243,37 +246,12 @@ class CoteachStage(KFoldStage):
         if self.settings.get("peer_seed") is None:
             self.settings["peer_seed"] = int(self.cfg.seed) + 1000
         self.module_class = functools.partial(CoteachModule, coteach=self.settings)
-        pool = PseudoLabelPool(ctx.workspace, writable=False)
-        record = self.state.stage(self.name)
-        pinned = record.get("teachers")
-        try:
-            entries = pool.select(pinned or self.settings.get("teachers", "latest"), exclude=[self.name])
-        except PoolError as err:
-            raise PoolError(f"stage={self.kind}: {err}") from err
-        if not pinned:
-            record["teachers"] = [e.name for e in entries]
-            self.state.save()
-        log.info("%s: teachers %s", self.name, [e.name for e in entries])
-        prior = self.teacher_prior()
-        self.train_stack = pool.load(entries, "train", ctx.train.recording_ids, calibrate_prior=prior)
+        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(self.settings, self.kind))
+        self.train_stack = self.teacher_set.load("train", ctx.train.recording_ids)
         self.test_source = None
         if self.settings.get("include_test", False):
-            test_stack = pool.load(entries, "test", ctx.test_ids, calibrate_prior=prior)
+            test_stack = self.teacher_set.load("test", ctx.test_ids)
             self.test_source = RandomCropSource("test", tuple(ctx.test_ids), test_stack, None)
-
-    def teacher_prior(self):
-        """``coteach.calibrate``: ``prior`` (score.prior per class), ``estimated``, or ``none``."""
-        mode = str(self.settings.get("calibrate", "prior")).lower()
-        if mode in ("none", "false", "null"):
-            return None
-        if mode == "estimated":
-            return "estimated"
-        if mode == "prior":
-            if self.ctx.prior is None:
-                raise ValueError("coteach.calibrate=prior needs score.prior; set it or use "
-                                 "coteach.calibrate=estimated|none")
-            return self.ctx.prior[self.ctx.scheme.species_of_class]
-        raise ValueError(f"coteach.calibrate={mode!r}: choose prior, estimated or none")
 
     def build_datamodule(self, fold: int) -> CoteachDataModule:
         return CoteachDataModule(super().build_datamodule(fold), self.train_stack, self.test_source, self.settings)

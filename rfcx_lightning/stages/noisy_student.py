@@ -54,8 +54,9 @@ from ..data.audio import AudioCache
 from ..data.datamodule import FoldDataModule
 from ..data.labels import BoxIndex
 from ..data.labels import clip_targets as box_clip_targets
-from ..pseudo.pool import PoolEntry, PoolError, PseudoLabelPool, TeacherStack
+from ..pseudo.pool import PoolEntry, TeacherStack
 from ..pseudo.targets import EpochItemSampler, TeacherSampler, clip_targets, override_with_boxes
+from ..pseudo.teachers import TeacherSet, TeacherSettings
 from .base import StageModule
 from .runner import KFoldStage
 
@@ -230,6 +231,8 @@ class NoisyStudentStage(KFoldStage):
             raise ValueError(f"noisy_student.init={self.init_mode!r}: choose one of {', '.join(INIT_MODES)}")
         self._fold: int | None = None
         self._stacks: dict[str, TeacherStack] | None = None
+        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(
+            OmegaConf.to_container(self.options, resolve=True), self.kind, default_teachers="all"))
 
     def student_config(self):
         """The run config with the student's overrides applied (so ``state.json`` records what ran)."""
@@ -246,48 +249,16 @@ class NoisyStudentStage(KFoldStage):
 
     # -- teachers ---------------------------------------------------------------------------------------
     def teachers(self) -> list[PoolEntry]:
-        """The pool entries this run learns from, never its own predictions.
-
-        Chosen once and pinned in ``state.json`` (``teachers``), so a resumed run trains every fold on the
-        same targets even if the pool grew in between.
-        """
-        record = self.state.stage(self.name)
-        teachers = record.get("teachers") or self.options.get("teachers", "all")
-        if not isinstance(teachers, str):
-            teachers = [str(t) for t in teachers]
-        pool = PseudoLabelPool(self.ctx.workspace, writable=False)
-        try:
-            entries = pool.select(teachers, exclude=[self.name])
-        except PoolError as err:
-            raise PoolError(f"stage={self.kind}: {err}") from err
-        if not record.get("teachers"):
-            record["teachers"] = [e.name for e in entries]
-            self.state.save()
-        return entries
-
-    def calibration_prior(self) -> str | np.ndarray | None:
-        mode = str(self.options.get("calibrate", "prior"))
-        if mode in ("none", "None", "false", "False"):
-            return None
-        if mode == "estimated":
-            return "estimated"
-        if mode != "prior":
-            raise ValueError(f"noisy_student.calibrate={mode!r}: choose prior, estimated or none")
-        if self.ctx.prior is None:
-            raise ValueError("noisy_student.calibrate=prior needs score.prior (e.g. rfcx_test); "
-                             "or set noisy_student.calibrate=estimated|none")
-        return self.ctx.prior[self.ctx.scheme.species_of_class]  # species prior -> each class of the scheme
+        """The pool entries this run learns from (pinned in ``state.json``; see :class:`TeacherSet`)."""
+        return self.teacher_set.entries()
 
     def stacks(self) -> dict[str, TeacherStack]:
         """Teacher stacks per split, loaded once per run (clip scores only unless framewise_max is asked)."""
         if self._stacks is None:
-            entries, ctx = self.teachers(), self.ctx
-            pool = PseudoLabelPool(ctx.workspace, writable=False)
             frames = self.options.get("clip_source", "clip") == "framewise_max"
-            prior = self.calibration_prior()
-            self._stacks = {"train": pool.load(entries, "train", ctx.train.recording_ids, prior, frames=frames)}
+            self._stacks = {"train": self.teacher_set.load("train", self.ctx.train.recording_ids, frames=frames)}
             if self.options.get("include_test", False):
-                self._stacks["test"] = pool.load(entries, "test", ctx.test_ids, prior, frames=frames)
+                self._stacks["test"] = self.teacher_set.load("test", self.ctx.test_ids, frames=frames)
         return self._stacks
 
     def teacher_checkpoint(self, fold: int) -> Path | None:

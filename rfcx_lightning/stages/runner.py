@@ -60,9 +60,16 @@ class StageRun:
 
 
 class KFoldStage(StageRun):
-    """Subclasses set ``kind`` and ``module_class`` (and may override the datamodule or module builders)."""
+    """Subclasses set ``kind`` and ``module_class`` (and may override the datamodule or module builders).
+
+    ``joins_pool = False`` marks a reference run that learnt from labels no real task has (the oracle,
+    trained on the synthetic truth): its predictions must never teach a later round, so it is not added to
+    the pseudo-label pool, not written over the workspace's own ``W/submission.csv`` / ``oof.csv``, and
+    flagged ``"joins_pool": false`` in ``state.json`` so that source pickers (``postprocess.sources``) skip it.
+    """
 
     module_class: type[StageModule] = StageModule
+    joins_pool: bool = True
 
     # -- builders (override in a stage to change targets or data) --------------------------------------
     def build_module(self) -> StageModule:
@@ -75,8 +82,14 @@ class KFoldStage(StageRun):
     def model_config(self, model: dict) -> dict:
         """The ``model:`` block plus what the data decides: each class's band for the band detectors."""
         if str(model.get("detector") or "multilabel").startswith("band") and not model.get("class_bands"):
-            model = dict(model, class_bands=class_bands_from_boxes(self.ctx.boxes, self.ctx.scheme.n_classes))
+            model = dict(model, class_bands=class_bands_from_boxes(self.band_boxes, self.ctx.scheme.n_classes))
         return model
+
+    @property
+    def band_boxes(self) -> pd.DataFrame:
+        """The boxes whose median frequency band a band detector looks at for each class: the training boxes,
+        unless a stage trains on other labels but must keep the bootstrap's network input (the oracle)."""
+        return self.ctx.boxes
 
     def build_datamodule(self, fold: int) -> FoldDataModule:
         cfg, ctx = self.cfg, self.ctx
@@ -180,7 +193,8 @@ class KFoldStage(StageRun):
             tables[name].insert(0, "recording_id", ctx.test_ids)
         for name, table in tables.items():  # in the stage folder, and the newest stage's at the workspace top
             write_csv(self.dir / name, table)
-            write_csv(ctx.workspace / name, table)
+            if self.joins_pool:
+                write_csv(ctx.workspace / name, table)
         outputs = tuple(tables)
 
         scores = self.score({"test": calibrated, "test_raw": test_species,
@@ -189,8 +203,11 @@ class KFoldStage(StageRun):
         stage_state["outputs"] = {k: self.state.relative(self.dir / k) for k in
                                   outputs + ("oof_framewise.npz", "test_framewise.npz")}
         stage_state["metrics"] = scores
+        if not self.joins_pool:
+            stage_state["joins_pool"] = False
         self.state.save()
-        register_stage(self)  # add these predictions to the pseudo-label pool (W/pool/index.json)
+        if self.joins_pool:
+            register_stage(self)  # add these predictions to the pseudo-label pool (W/pool/index.json)
         return scores
 
     def _output_frames_per_second(self, n_frames: int) -> float:
@@ -204,19 +221,34 @@ class KFoldStage(StageRun):
 
     def score(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
         """LWLRAP of each prediction set against known clip labels, next to the prior-only baseline."""
-        ctx, scores = self.ctx, {}
-        cols = [f"s{s}" for s in ctx.species]
-        truths = {"test": ctx.test_truth, "oof": ctx.train_truth}
-        for name, pred in predictions.items():
-            split = name.split("_")[0]
-            if truths[split] is None:
-                continue
-            y = truths[split][cols].to_numpy() > 0
-            scores[f"{name}_lwlrap"] = float(lwlrap(pred, y))
-            if ctx.prior is not None and f"{split}_prior_lwlrap" not in scores:
-                scores[f"{split}_prior_lwlrap"] = float(prior_baseline_lwlrap(y, ctx.prior))
+        ctx = self.ctx
+        scores = clip_label_scores(predictions, {"test": ctx.test_truth, "oof": ctx.train_truth}, ctx.species,
+                                   ctx.prior)
         if scores:
             lines = [f"{self.name} scores (LWLRAP against the clip labels; *_raw: before odds scaling):"]
             lines += [f"  {k:<22} {v:.4f}" for k, v in scores.items()]
             print("\n".join(lines), flush=True)
         return scores
+
+
+def clip_label_scores(predictions: dict[str, np.ndarray], truths: dict[str, pd.DataFrame | None],
+                      species: list[int], prior: np.ndarray | None) -> dict[str, float]:
+    """``<name>_lwlrap`` of each (N, n_species) prediction set against its split's clip labels, plus
+    ``<split>_prior_lwlrap``, the prior-only baseline on the same clips (the floor a model must beat).
+
+    ``name``'s split is its part before the first ``_`` (``test``, ``test_raw``, ``oof``, ``oof_raw``);
+    ``truths[split]`` holds the labels in the predictions' row order, or ``None`` when the split has none
+    (its predictions are then left unscored). The one scorer of the stages' own metrics and of
+    ``stage=report``, so a report row equals the ``state.json`` metrics of the same files.
+    """
+    scores: dict[str, float] = {}
+    cols = [f"s{s}" for s in species]
+    for name, pred in predictions.items():
+        split = name.split("_")[0]
+        if truths.get(split) is None:
+            continue
+        y = truths[split][cols].to_numpy() > 0
+        scores[f"{name}_lwlrap"] = float(lwlrap(pred, y))
+        if prior is not None and f"{split}_prior_lwlrap" not in scores:
+            scores[f"{split}_prior_lwlrap"] = float(prior_baseline_lwlrap(y, prior))
+    return scores
