@@ -31,8 +31,8 @@ from ..inference import predict_framewise
 from ..pseudo.coteaching import coteaching_losses, consistency_loss, drop_rate_at, linear_ramp
 from ..pseudo.crops import PseudoCropDataset, RandomCropSource
 from ..pseudo.pool import TeacherStack
-from ..pseudo.teachers import TeacherSet, TeacherSettings
 from ..pseudo.targets import EpochItemSampler, TeacherSampler
+from ..pseudo.teachers import TeacherSet, TeacherSettings
 from .base import StageModule, labelled_classes
 from .runner import KFoldStage
 
