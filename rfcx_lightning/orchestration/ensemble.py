@@ -25,7 +25,7 @@ import pandas as pd
 from ..postprocess import odds_scale_to_prior
 from ..workspace import write_csv
 
-__all__ = ["ENSEMBLE_FILES", "ensemble_name", "write_round_ensemble"]
+__all__ = ["ENSEMBLE_FILES", "class_columns", "ensemble_name", "mean_scores", "write_round_ensemble"]
 
 #: the files averaged, each written to the ensemble's folder
 ENSEMBLE_FILES = ("submission.csv", "submission_raw.csv", "oof.csv")
@@ -34,6 +34,11 @@ ENSEMBLE_FILES = ("submission.csv", "submission_raw.csv", "oof.csv")
 def ensemble_name(index: int) -> str:
     """``ensemble<k>``: the mean of rounds 0..k (its folder ``W/ensemble<k>/``)."""
     return f"ensemble{int(index)}"
+
+
+def class_columns(columns) -> list[str]:
+    """The ``s<k>`` score columns of a submission-format table, in their order."""
+    return [c for c in columns if c.startswith("s") and c[1:].isdigit()]
 
 
 def _read_scores(path: Path) -> pd.DataFrame:
@@ -53,7 +58,7 @@ def mean_scores(paths: Sequence[Path], prior: np.ndarray | None = None) -> pd.Da
         raise ValueError("an ensemble needs at least one member")
     frames = [_read_scores(p) for p in paths]
     first = frames[0]
-    classes = [c for c in first.columns if c.startswith("s") and c[1:].isdigit()]
+    classes = class_columns(first.columns)
     if prior is not None and len(prior) != len(classes):
         raise ValueError(f"{paths[0]}: {len(classes)} class columns, but the prior has {len(prior)} values")
     total = np.zeros((len(first), len(classes)))

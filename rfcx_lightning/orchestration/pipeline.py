@@ -33,9 +33,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..loggers import build_logger
 from ..workspace import RunState, atomic_path, write_csv
-from .ensemble import ensemble_name, write_round_ensemble
+from .ensemble import class_columns, ensemble_name, write_round_ensemble
 from .leaderboard import Leaderboard, build_leaderboard
-from .rounds import Decision, plateau_decision, round_name
+from .rounds import Decision, parse_round_name, plateau_decision, round_name
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class PipelineStage:
         from ..run import load_config
 
         extra = self.settings.overrides
-        index = int(name[len("round"):].split("_", 1)[0])
+        index = parse_round_name(name)[0]
         composed = load_config([f"stage={kind}", *self.overrides, *extra.get(kind, []), *extra.get(name, [])])
         per_round = [item for item in self.settings.per_round_overrides(index)
                      if item.split("=", 1)[0].split(".", 1)[0] in composed]   # coteach.* skips other kinds
@@ -283,9 +283,9 @@ class PipelineStage:
             entry["ensemble"] = self.score_ensemble(index, record)
         decision = self.decide(record, index)
         self.keep_best(record, decision.best)
-        entry.update(status="done", decision={"stop": decision.stop, "reason": decision.reason,
-                                              "best": self.best_candidate(record, decision.best)})
-        record["best"] = self.best_candidate(record, decision.best)
+        best = self.best_candidate(record, decision.best)
+        entry.update(status="done", decision={"stop": decision.stop, "reason": decision.reason, "best": best})
+        record["best"] = best
         state.save()
         self.log_round(index, name, entry)
         lb_text = "no score" if score is None else f"{score:.4f}"
@@ -307,7 +307,7 @@ class PipelineStage:
         from ..stages.context import class_prior
 
         columns = pd.read_csv(self.workspace / self.name_of_round(0) / "submission.csv", nrows=0).columns
-        return class_prior(self.cfg, sum(1 for c in columns if c.startswith("s") and c[1:].isdigit()))
+        return class_prior(self.cfg, len(class_columns(columns)))
 
     def best_candidate(self, record: dict[str, Any], best: int) -> str:
         """The name of round ``best`` or of its ensemble, whichever the leaderboard scored higher."""
