@@ -24,6 +24,22 @@ def free_version(folder: Path, run_name: str) -> str:
     return version
 
 
+_OWN_WANDB_CACHE: list[str] = []   # the WANDB_CACHE_DIR values this module set (not the user's)
+
+
+def _keep_wandb_cache_in(workspace: Path) -> None:
+    """Point W&B's cache at ``workspace/wandb/cache`` unless the user chose one (``WANDB_CACHE_DIR``).
+
+    wandb-core writes its debug logs (and artifact downloads) to the user's cache folder, outside the
+    workspace. The variable is read when the run starts, which Lightning delays to the first metric, so it
+    stays set; a later workspace in the same process replaces a value this module set, never the user's.
+    """
+    current = os.environ.get("WANDB_CACHE_DIR")
+    if current is None or current in _OWN_WANDB_CACHE:
+        os.environ["WANDB_CACHE_DIR"] = str(Path(workspace).resolve() / "wandb" / "cache")
+        _OWN_WANDB_CACHE.append(os.environ["WANDB_CACHE_DIR"])
+
+
 def build_logger(cfg: DictConfig, workspace: Path, stage: str, run_name: str):
     kind = cfg.kind
     save_dir = workspace / "logs"
@@ -40,6 +56,7 @@ def build_logger(cfg: DictConfig, workspace: Path, stage: str, run_name: str):
         if wandb.run is not None:  # Lightning never finishes a run; without this the next fold would reuse it
             wandb.finish()
         offline = bool(cfg.get("offline", True)) and "WANDB_MODE" not in os.environ
+        _keep_wandb_cache_in(workspace)
         return WandbLogger(project=cfg.get("project", "rfcx_lightning"), save_dir=str(workspace),
                            group=workspace.name, job_type=stage, name=f"{stage}-{run_name}",
                            offline=offline)

@@ -10,6 +10,18 @@ from rfcx_lightning.loggers import build_logger, free_version
 
 @pytest.mark.parametrize("kind", ["csv", "tensorboard", "wandb"])
 def test_logger_writes_inside_the_workspace(tmp_path, monkeypatch, kind):
+    """Nothing lands outside the workspace: not in the working directory, not in HOME, not beside it."""
+    workspace, cwd, home = tmp_path / "ws", tmp_path / "cwd", tmp_path / "home"
+    for folder in (cwd, home):
+        folder.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    # matplotlib (imported by Lightning) builds a font cache once per machine: a library's cache, not an
+    # output of the run, so it goes to a folder of its own that the check below allows
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "matplotlib-cache"))
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "XDG_CACHE_HOME",
+                "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
     if kind == "tensorboard":
         pytest.importorskip("tensorboardX")
     if kind == "wandb":
@@ -17,15 +29,17 @@ def test_logger_writes_inside_the_workspace(tmp_path, monkeypatch, kind):
         monkeypatch.delenv("WANDB_MODE", raising=False)
         monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = OmegaConf.create({"kind": kind, "project": "test", "offline": True})
-    logger = build_logger(cfg, tmp_path, "bootstrap", "fold0")
+    logger = build_logger(cfg, workspace, "bootstrap", "fold0")
     logger.log_metrics({"val/masked_auroc": 0.75}, step=1)
     logger.finalize("success")
     if kind == "wandb":
         logger.experiment.finish()
-        assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline W&B run directory"
+        assert list((workspace / "wandb").glob("offline-run-*")), "no offline W&B run directory"
     else:
-        assert (tmp_path / "logs" / "bootstrap" / "fold0").is_dir()
-    assert all(str(p).startswith(str(tmp_path)) for p in tmp_path.rglob("*"))
+        assert (workspace / "logs" / "bootstrap" / "fold0").is_dir()
+    outside = [p for p in tmp_path.rglob("*")
+               if p.is_file() and workspace not in p.parents and tmp_path / "matplotlib-cache" not in p.parents]
+    assert outside == [], f"written outside the workspace: {outside}"
 
 
 def test_resumed_run_gets_a_new_log_version(tmp_path):

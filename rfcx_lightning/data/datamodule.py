@@ -126,8 +126,8 @@ class TPFPEpochSampler(Sampler[int]):
     ``min_items``: an epoch holds at least this many crops; such draws (all TPs, a fresh FP share) are
     chained until it does, and the last one is cut short. Why: with ~10 TP rows per species an epoch is
     ~12 steps, so an epoch-count budget (``trainer.max_epochs``) set for larger sets under-trains small
-    ones (README "Label-efficient bootstrap": 14 such epochs 0.784, 40 of them 0.830 test LWLRAP), while
-    a data set that already fills an epoch trains exactly as before.
+    ones (docs/results.md "Bootstrap at the hard level": 14 such epochs 0.784, 40 of them 0.830 test
+    LWLRAP), while a data set that already fills an epoch trains exactly as before.
     """
 
     def __init__(self, is_tp: np.ndarray, fp_fraction: float, seed: int = 0, min_items: int = 0):

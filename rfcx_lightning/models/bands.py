@@ -154,9 +154,9 @@ class BandDetector(DetectorBase):
         ``normalize_frames`` frames (fewer at the edges).
 
         Why: statistics over the whole image make a 60 s image look different from the 5 s crops the
-        network learnt from (README "Inference options"), so one pass over a recording scored worse than
-        windows. Over a window of the crop length, every frame of a long image is standardised as it would
-        be in a crop centred on it.
+        network learnt from (docs/results.md "Post-processing options"), so one pass over a recording
+        scored worse than windows. Over a window of the crop length, every frame of a long image is
+        standardised as it would be in a crop centred on it.
         """
         k = self.normalize_frames | 1                                        # odd: centred
         rows = level.mean(dim=2)                                             # (N, 1, T)

@@ -4,8 +4,8 @@ scores per species -> calibrated scores.
 Order, and why: the folds of one run are combined first, on their framewise scores (``fold_level:
 frames``, the default): a clip's score is then the max over time of what the folds agree on, not the mean
 of each fold's own max, and one fold's spurious peak is diluted instead of counted in full (+0.037 test
-LWLRAP for the hard-level bootstrap, +0.007 at medium, neutral for the template teacher; README
-"Label-efficient bootstrap"). Smoothing and aggregation then act on the framewise scores (they are about
+LWLRAP for the hard-level bootstrap, +0.007 at medium, neutral for the template teacher; docs/results.md
+"Combining folds framewise"). Smoothing and aggregation then act on the framewise scores (they are about
 time); ``fold_level: clips`` aggregates each fold first and combines the clip scores (the head's own
 ``clip`` output can only be combined that way). Then runs/rounds/stages are combined (``ensemble``),
 class scores become species scores (max over song types), and calibration comes last because it is fitted

@@ -4,7 +4,7 @@ Targets are 1 in TP boxes, 0 in FP boxes, and every other (class, frame) cell is
 most calls in RFCx are unlabelled, so "not labelled" must never be read as "absent" (1st place). The one
 exception is ``negatives:``: a few unlabelled classes of each crop become negatives at a small weight,
 scaled down for common species, because a detector that has never seen ordinary background in a band
-fires on it over a whole minute (README "Label-efficient bootstrap").
+fires on it over a whole minute (docs/results.md "Bootstrap fold-0 diagnosis").
 """
 
 from __future__ import annotations

@@ -24,12 +24,14 @@ Box anchor (``noisy_student.box_weight``): every step also takes a batch of the 
 crops (the bootstrap's crops and framewise masked loss), weighted by ``box_weight``. Why: a student
 trained from scratch on clip labels alone has only "somewhere in these 60 s" to go on; on the medium
 synthetic set (no pretrained weights) it stayed at the prior (fold 0: test LWLRAP 0.699 vs prior 0.689,
-held-out box AUROC 0.39), while the box crops tell it where the calls are (README "noisy_student").
+held-out box AUROC 0.39), while the box crops tell it where the calls are (docs/results.md
+"Noisy student").
 
 Start (``noisy_student.init``): ``auto`` (default) starts each fold's student from the backbone of the
 newest teacher that has a checkpoint of the same fold and the same backbone (so the OOF predictions stay
 out of fold), and from scratch when none has; ``teacher`` insists on one, ``scratch`` never uses one.
-Why: without pretrained weights, a student from scratch trails its teachers on a CPU budget (README).
+Why: without pretrained weights, a student from scratch trails its teachers on a CPU budget
+(docs/results.md "Noisy student").
 
 Out-of-fold caveat: a teacher's OOF score for a training recording comes from a teacher fold model that
 saw the other folds' boxes, including this student fold's held-out boxes, so the student's OOF score is
