@@ -23,9 +23,16 @@ def smoke_data_root(tmp_path_factory) -> Path:
     return ensure_synthetic(root, SyntheticConfig(**SMOKE_DATA), workers=2, progress=False)
 
 
-def smoke_args(workspace: Path, data_root: Path, *extra: str) -> list[str]:
-    return ["stage=bootstrap", "preset=smoke", f"workspace={workspace}", f"data.root={data_root}",
-            f"audio.cache_dir={data_root.parent / 'cache'}", *extra]
+#: a couple of batches per epoch: for end-to-end tests that check outputs and bookkeeping, not learning
+FEW_BATCHES = ("trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
+
+
+def smoke_args(workspace: Path, data_root: Path, *extra: str, stage: str = "bootstrap",
+               few_batches: bool = False) -> list[str]:
+    """The CLI arguments of a smoke run of ``stage`` on the session's data root (its audio cache beside it);
+    ``few_batches``: :data:`FEW_BATCHES` too. ``extra`` come last, so they win."""
+    return [f"stage={stage}", "preset=smoke", f"workspace={workspace}", f"data.root={data_root}",
+            f"audio.cache_dir={data_root.parent / 'cache'}", *(FEW_BATCHES if few_batches else ()), *extra]
 
 
 def run_cli_subprocess(args: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:

@@ -240,8 +240,7 @@ def test_a_training_step_trains_both_networks_and_the_ema_copies_only_follow(ema
 # -- end to end through the CLI -------------------------------------------------------------------------
 
 def coteach_args(workspace, data_root, *extra):
-    fast = ("trainer.limit_train_batches=3", "trainer.limit_val_batches=2")
-    return smoke_args(workspace, data_root, *fast, *extra)
+    return smoke_args(workspace, data_root, *extra, few_batches=True)
 
 
 def test_coteach_without_a_pool_says_run_bootstrap_first(tmp_path, smoke_data_root):
@@ -284,4 +283,9 @@ def test_bootstrap_then_coteach_writes_the_same_outputs_and_joins_the_pool(tmp_p
     # resuming the run keeps its teachers, even though the pool grew (its own entry is now the latest)
     ctx = prepare_context(load_config(coteach_args(ws, smoke_data_root, "stage=coteach")))
     assert CoteachStage(ctx, name=name).train_stack.names == ["bootstrap"]
-    assert CoteachStage(ctx, name="round9_coteach").train_stack.names == ["bootstrap", name]   # teachers: all
+    later = CoteachStage(ctx, name="round9_coteach")                        # teachers: all, weights: skill
+    assert [e.name for e in later.teacher_set.entries()] == ["bootstrap", name]
+    weights = json.loads((ws / "state.json").read_text())["stages"]["round9_coteach"]["teacher_weights"]
+    assert set(weights) == {"bootstrap", name}
+    assert sum(w["weight"] for w in weights.values()) == pytest.approx(1.0, abs=1e-3)
+    assert later.train_stack.n_teachers == 1                                 # the weighted mean is one teacher

@@ -10,7 +10,7 @@ import pytest
 
 from rfcx_lightning.run import main
 
-from .conftest import run_cli_subprocess
+from .conftest import run_cli_subprocess, smoke_args
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +18,8 @@ ROUNDS = ("round0_bootstrap", "round1_coteach")
 
 
 def pipeline_args(ws, data_root, *extra):
-    return ["stage=pipeline", "preset=smoke", f"workspace={ws}", f"data.root={data_root}",
-            f"audio.cache_dir={data_root.parent / 'cache'}", "lb=none", "pipeline.sequence=[bootstrap,coteach]",
-            "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", *extra]
+    return smoke_args(ws, data_root, "lb=none", "pipeline.sequence=[bootstrap,coteach]", *extra, stage="pipeline",
+                      few_batches=True)
 
 
 def oof(ws, name):

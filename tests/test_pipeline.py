@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rfcx_lightning.orchestration.ensemble import mean_scores, write_round_ensemble
+from rfcx_lightning.orchestration.ensemble import mean_scores, round_box_auroc, write_round_ensemble
 from rfcx_lightning.orchestration.pipeline import PipelineSettings, PipelineStage, candidate_score, round_overrides
 from rfcx_lightning.orchestration.rounds import (next_round_name, parse_round_name, plateau_decision,
                                                  round_name, standalone_run_name)
 from rfcx_lightning.postprocess import odds_scale_to_prior
 from rfcx_lightning.run import load_config, main
 
+from .conftest import smoke_args
 from .test_leaderboard import install_fake_kaggle
 
 FINISHED, RUNNING = {"outputs": {"submission.csv": "x"}}, {"outputs": {}}
@@ -123,6 +124,26 @@ def test_round_ensemble_is_the_mean_of_the_rounds_aligned_by_recording(tmp_path)
     write_scores(tmp_path / "r2" / "submission.csv", ["007"], [[0.1, 0.1]])
     with pytest.raises(ValueError, match=r"r2/submission.csv: lacks recordings \['b'\]"):
         mean_scores([tmp_path / "r0" / "submission.csv", tmp_path / "r2" / "submission.csv"])
+    weighted = write_round_ensemble([tmp_path / "r0", tmp_path / "r1"], tmp_path / "ensemble1w", weights=[3, 1])
+    sub = pd.read_csv(weighted["submission.csv"], dtype={"recording_id": str})
+    np.testing.assert_allclose(sub[["s0", "s1"]].to_numpy(), [[0.3, 0.3], [0.75, 0.25]])   # 3:1, normalised
+    with pytest.raises(ValueError, match=r"ensemble weights \[1.0\]: need 2 non-negative values"):
+        mean_scores([tmp_path / "r0" / "oof.csv", tmp_path / "r1" / "oof.csv"], weights=[1.0])
+
+
+def test_a_rounds_skill_is_its_oof_box_auroc(tmp_path):
+    """pipeline.ensemble_weights=skill reads each round's OOF frames on the TP/FP boxes; no frames: NaN."""
+    from rfcx_lightning.workspace import write_npz
+
+    frames = np.zeros((2, 1, 60), np.float32)
+    frames[0, 0, 10] = 0.9                       # TP box of "a" scores above the FP box of "b"
+    write_npz(tmp_path / "r0" / "oof_framewise.npz", recording_id=np.array(["a", "b"]), framewise=frames)
+    boxes = pd.DataFrame({"recording_id": ["a", "b"], "class_index": [0, 0], "t_min": [10.0, 20.0],
+                          "t_max": [11.0, 21.0], "is_tp": [True, False]})
+    assert round_box_auroc(tmp_path / "r0", boxes, 60.0) == 1.0
+    assert np.isnan(round_box_auroc(tmp_path / "missing", boxes, 60.0))
+    with pytest.raises(ValueError, match="pipeline.ensemble_weights='best': choose equal or skill"):
+        PipelineSettings.from_cfg(load_config(["stage=pipeline", "pipeline.ensemble_weights=best"]).pipeline)
 
 
 def test_candidates_the_better_of_a_round_and_its_ensemble():
@@ -165,9 +186,7 @@ def test_preset_full_brings_the_rounds_gpu_settings_and_other_presets_none():
 
 
 def pipeline_args(ws, data_root, *extra):
-    return ["stage=pipeline", "preset=smoke", f"workspace={ws}", f"data.root={data_root}",
-            f"audio.cache_dir={data_root.parent / 'cache'}", "trainer.limit_train_batches=2",
-            "trainer.limit_val_batches=1", *extra]
+    return smoke_args(ws, data_root, *extra, stage="pipeline", few_batches=True)
 
 
 @pytest.mark.slow

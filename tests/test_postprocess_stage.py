@@ -19,7 +19,7 @@ from .conftest import smoke_args
 
 
 def _args(workspace, data_root, stage, *extra):
-    return [f"stage={stage}"] + smoke_args(workspace, data_root, *extra)[1:]
+    return smoke_args(workspace, data_root, *extra, stage=stage)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from rfcx_lightning.run import main
 
-from .conftest import REPO
+from .conftest import REPO, smoke_args
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +33,8 @@ def read_state(ws):
 
 def test_killed_pipeline_resumes_where_it_stopped(tmp_path, smoke_data_root):
     ws = tmp_path / "ws"
-    args = ["stage=pipeline", "preset=smoke", f"workspace={ws}", f"data.root={smoke_data_root}",
-            f"audio.cache_dir={smoke_data_root.parent / 'cache'}", "lb=holdout",
-            "pipeline.sequence=[bootstrap,bootstrap]", "trainer.limit_train_batches=2",
-            "trainer.limit_val_batches=1"]
+    args = smoke_args(ws, smoke_data_root, "lb=holdout", "pipeline.sequence=[bootstrap,bootstrap]",
+                      stage="pipeline", few_batches=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "rfcx_lightning.run", *args], cwd=str(REPO), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,6 +12,8 @@ import torch
 from rfcx_lightning.models.template import Template, TemplateBank, TemplateMatcher, band_rows, map_scores
 from rfcx_lightning.run import main
 
+from .conftest import smoke_args
+
 SR = 32000
 FRONTEND = dict(n_fft=1024, hop_length=640, n_mels=64)
 
@@ -119,8 +121,7 @@ def test_a_box_outside_the_recording_is_named():
 
 # -- the stage, end to end through the CLI -----------------------------------------------------------------
 def template_args(workspace, data_root, *extra):
-    return ["stage=template", "preset=smoke", f"workspace={workspace}", f"data.root={data_root}",
-            f"audio.cache_dir={data_root.parent / 'cache'}", *extra]
+    return smoke_args(workspace, data_root, *extra, stage="template")
 
 
 @pytest.fixture(scope="module")

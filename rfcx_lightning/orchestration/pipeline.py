@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..loggers import build_logger
+from ..pseudo.teachers import teacher_weights
 from ..workspace import RunState, atomic_path, write_csv
-from .ensemble import class_columns, ensemble_name, write_round_ensemble
+from .ensemble import class_columns, ensemble_name, round_box_auroc, write_round_ensemble
 from .leaderboard import Leaderboard, build_leaderboard
 from .rounds import Decision, parse_round_name, plateau_decision, round_name
 
@@ -66,6 +68,7 @@ class PipelineSettings:
     overrides: dict[str, list[str]] = field(default_factory=dict)   # by kind or by round name
     per_round: dict[str, list[Any]] = field(default_factory=dict)   # dotted key -> value of round 0, 1, ...
     ensemble: bool = True          # score the mean of rounds 0..k beside round k (orchestration/ensemble.py)
+    ensemble_weights: str = "equal"  # equal | skill: rounds weighed by their OOF box AUROC
 
     @classmethod
     def from_cfg(cls, block: DictConfig) -> "PipelineSettings":
@@ -90,7 +93,10 @@ class PipelineSettings:
                        max_rounds=int(raw.get("max_rounds", 10)), patience=int(raw.get("patience", 2)),
                        min_delta=float(raw.get("min_delta", 0.0)), overrides=dict(overrides),
                        per_round=flatten_per_round(raw.get("per_round") or {}),
-                       ensemble=bool(raw.get("ensemble", True)))
+                       ensemble=bool(raw.get("ensemble", True)),
+                       ensemble_weights=str(raw.get("ensemble_weights") or "equal"))
+        if settings.ensemble_weights not in ("equal", "skill"):
+            raise ValueError(f"pipeline.ensemble_weights={settings.ensemble_weights!r}: choose equal or skill")
         if settings.max_rounds < 1:
             raise ValueError(f"pipeline.max_rounds must be >= 1, got {settings.max_rounds}")
         if settings.patience < 0:
@@ -298,9 +304,27 @@ class PipelineStage:
         """Write and score ``ensemble<index>``, the mean of rounds 0..index (``orchestration/ensemble.py``)."""
         name = ensemble_name(index)
         members = [self.name_of_round(i) for i in range(index + 1)]
-        write_round_ensemble([self.workspace / m for m in members], self.workspace / name, self.species_prior())
+        weights = self.ensemble_weights(members)
+        write_round_ensemble([self.workspace / m for m in members], self.workspace / name, self.species_prior(),
+                             weights)
         score = self.leaderboard.score(self.workspace / name / "submission.csv", f"{record['id']}:{name}")
-        return {"name": name, "members": members, "lb": score}
+        return {"name": name, "members": members, "weights": [round(float(w), 4) for w in weights], "lb": score}
+
+    def ensemble_weights(self, members: list[str]) -> np.ndarray:
+        """Each member's weight in the ensemble (``pipeline.ensemble_weights``; orchestration/ensemble.py)."""
+        if self.settings.ensemble_weights == "equal":
+            return np.full(len(members), 1.0 / len(members))
+        from ..data.annotations import DataRoot, load_boxes
+        from ..stages.context import resolve_data_root
+
+        data = self.cfg.data   # the root exists by now (round 0 made it); resolving it again makes nothing
+        boxes, _ = load_boxes(DataRoot(resolve_data_root(self.cfg, True)), scheme_by_songtype=bool(data.by_songtype),
+                              duration_s=float(data.duration_s), native_sample_rate=int(data.native_sample_rate))
+        aurocs = [round_box_auroc(self.workspace / m, boxes, float(data.duration_s)) for m in members]
+        weights = teacher_weights(aurocs, "skill")
+        print("pipeline: ensemble weights " + ", ".join(f"{m} {w:.2f} (box AUROC {a:.3f})"
+                                                         for m, w, a in zip(members, weights, aurocs)), flush=True)
+        return weights
 
     def species_prior(self):
         """``score.prior`` per submission column (the scale of the rounds' submissions), or None."""

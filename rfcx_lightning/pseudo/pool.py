@@ -187,13 +187,14 @@ class PseudoLabelPool:
     # -- predictions ------------------------------------------------------------------------------------
     def load(self, entries: Sequence[PoolEntry], split: str, recording_ids: Sequence[str],
              calibrate_prior: str | Sequence[float] | np.ndarray | None = None,
-             frames: bool = True) -> TeacherStack:
+             frames: bool = True, frame_targets: str = "scaled") -> TeacherStack:
         """Stack the teachers' predictions for ``recording_ids`` (in that order) of ``split``.
 
         Teachers with different output grids (another backbone or hop) are resampled to the first
         teacher's grid. ``calibrate_prior``: None (raw), a per-class prior (C,), or ``"estimated"`` (the
         teachers' own mean clip score per class, averaged over teachers). ``frames=False`` loads clip
-        scores only, for clip-level stages.
+        scores only, for clip-level stages. ``frame_targets``: how calibration reaches the frames
+        (:func:`calibrate`).
         """
         if not entries:
             raise PoolError("load() needs at least one pool entry; run stage=bootstrap first")
@@ -217,7 +218,7 @@ class PseudoLabelPool:
                              framewise=np.stack(framewise) if frames else None,
                              frames_per_second=float(fps))
         if calibrate_prior is not None:
-            calibrate(stack, calibrate_prior)
+            calibrate(stack, calibrate_prior, frame_targets)
         return stack
 
 
@@ -246,13 +247,25 @@ def resample_time(framewise: np.ndarray, n_frames: int) -> np.ndarray:
     return out.reshape(*framewise.shape[:-1], n_frames).astype(np.float16)
 
 
-def calibrate(stack: TeacherStack, prior: str | Sequence[float] | np.ndarray) -> TeacherStack:
+FRAME_TARGETS = ("scaled", "localized")
+
+
+def calibrate(stack: TeacherStack, prior: str | Sequence[float] | np.ndarray,
+              frame_targets: str = "scaled") -> TeacherStack:
     """Odds-scale each teacher, per class, so its mean clip score over these recordings maps to ``prior``.
 
-    The same factor is applied to every frame of the class (odds scaling is monotonic, so the max over
-    time of the scaled frames is still the scaled clip score). ``"estimated"`` uses the mean clip score
-    of all teachers as the prior, which pulls teachers onto a common scale without outside knowledge.
+    ``"estimated"`` uses the mean clip score of all teachers as the prior, which pulls teachers onto a
+    common scale without outside knowledge. How the frames follow (``frame_targets``):
+
+    * ``scaled``: the clip's odds factor on every frame (monotonic, so the max over time of the scaled
+      frames is still the scaled clip score). For a common species (prior 0.9) the factor is ~10, which
+      lifts a teacher's diffuse background (0.3) to 0.8 on every frame: the student then learns "present
+      everywhere" and loses that species' clip ranking (docs/results.md "Rounds that beat their teacher");
+    * ``localized``: :func:`localize`: where the call is from the raw frames, how likely from the
+      calibrated clip score; background frames go to 0 and the max over time is still the clip score.
     """
+    if frame_targets not in FRAME_TARGETS:
+        raise ValueError(f"frame_targets must be one of {', '.join(FRAME_TARGETS)}, got {frame_targets!r}")
     if isinstance(prior, str):
         if prior != "estimated":
             raise ValueError(f"calibrate_prior must be None, 'estimated' or per-class values, got {prior!r}")
@@ -263,12 +276,32 @@ def calibrate(stack: TeacherStack, prior: str | Sequence[float] | np.ndarray) ->
     for k in range(stack.n_teachers):
         reference = stack.clip[k].astype(np.float64).mean(axis=0)
         stack.clip[k] = odds_scale_to_prior(stack.clip[k], prior, reference)
-        if stack.framewise is not None:
-            frames = stack.framewise[k]                                     # (N, C, T)
-            flat = np.moveaxis(frames, 1, -1).reshape(-1, stack.n_classes)  # (N*T, C)
-            scaled = odds_scale_to_prior(flat, prior, reference).reshape(frames.shape[0], frames.shape[2], -1)
-            stack.framewise[k] = np.moveaxis(scaled, -1, 1).astype(np.float16)
+        if stack.framewise is None:
+            continue
+        frames = stack.framewise[k]                                         # (N, C, T)
+        if frame_targets == "localized":
+            stack.framewise[k] = localize(frames, stack.clip[k]).astype(np.float16)
+            continue
+        flat = np.moveaxis(frames, 1, -1).reshape(-1, stack.n_classes)      # (N*T, C)
+        scaled = odds_scale_to_prior(flat, prior, reference).reshape(frames.shape[0], frames.shape[2], -1)
+        stack.framewise[k] = np.moveaxis(scaled, -1, 1).astype(np.float16)
     return stack
+
+
+def localize(framewise: np.ndarray, clip: np.ndarray) -> np.ndarray:
+    """(N, C, T) frame targets = the frame's height above the recording's median, as a share of the peak's,
+    times the (calibrated) clip score (N, C).
+
+    A teacher's frames say *where* a call is (their shape over time) better than *how likely* it is (their
+    level, which for a template is a correlation, not a probability); the calibrated clip score says how
+    likely. Frames at or below the median get 0, the peak gets the clip score, so ``max over time`` of the
+    result is the clip score. A flat row (no peak) spreads the clip score over every frame.
+    """
+    frames = np.asarray(framewise, dtype=np.float32)
+    median = np.median(frames, axis=-1, keepdims=True)
+    height = frames.max(axis=-1, keepdims=True) - median
+    shape = np.where(height > 1e-6, np.clip((frames - median) / np.maximum(height, 1e-6), 0.0, 1.0), 1.0)
+    return shape * np.asarray(clip, dtype=np.float32)[..., None]
 
 
 def round_of(name: str) -> int | None:

@@ -11,6 +11,13 @@ What they share lives here, once:
   the teachers' joint mean as the prior, ``none`` keeps raw scores. With several teachers and ``mean``,
   the target is the mean of the *calibrated* probabilities: the template's NCC-sigmoid and a CNN's
   probabilities live on different scales, so averaging raw scores lets one of them dominate;
+* **frames.** ``frame_targets: scaled`` puts the clip's odds factor on every frame; ``localized`` keeps
+  the teacher's frames only as *where* (their height above the recording's median) and the calibrated
+  clip score as *how likely* (:func:`~rfcx_lightning.pseudo.pool.localize`);
+* **weights.** ``weights: equal`` averages the teachers; ``best`` keeps the one whose out-of-fold frames
+  rank the TP boxes above the FP boxes best (box AUROC, per class, averaged); ``skill`` weighs each by
+  ``(box AUROC - 0.5) ** 2``, near ``best`` when one teacher is clearly better, near ``equal`` when they
+  are alike. The boxes are the only labels a real data set has, so no hidden truth picks the teacher;
 * **sharpening.** ``sharpen: T`` raises every calibrated teacher probability to the power ``1/T``
   (BirdCLEF 2025 1st place: soft pseudo labels sharpened per iteration with T = 1, 0.65, 0.55, 0.6).
   T < 1 pushes uncertain scores toward 0 and leaves confident ones near 1, so the diffuse low scores a
@@ -27,14 +34,16 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
-from .pool import PoolEntry, PoolError, PseudoLabelPool, TeacherStack
+from .pool import FRAME_TARGETS, PoolEntry, PoolError, PseudoLabelPool, TeacherStack
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TeacherSet", "TeacherSettings", "sharpen"]
+__all__ = ["TeacherSet", "TeacherSettings", "box_auroc", "sharpen", "teacher_weights"]
 
 CALIBRATIONS = ("prior", "estimated", "none")
+WEIGHTS = ("equal", "best", "skill")
 
 
 def sharpen(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -55,6 +64,8 @@ class TeacherSettings:
     teachers: str | tuple[str, ...] = "latest"
     calibrate: str = "prior"
     sharpen: float = 1.0
+    frame_targets: str = "scaled"
+    weights: str = "equal"
 
     @classmethod
     def from_block(cls, block: dict, stage: str, default_teachers: str = "latest") -> "TeacherSettings":
@@ -71,7 +82,48 @@ class TeacherSettings:
         if not temperature > 0:
             raise ValueError(f"{stage}.sharpen={temperature}: the temperature T of p ** (1/T) must be > 0 "
                              "(1: off, < 1: sharper)")
-        return cls(teachers=teachers, calibrate=calibrate, sharpen=temperature)
+        frame_targets = str(block.get("frame_targets") or "scaled")
+        if frame_targets not in FRAME_TARGETS:
+            raise ValueError(f"{stage}.frame_targets={frame_targets!r}: choose one of {', '.join(FRAME_TARGETS)}")
+        weights = str(block.get("weights") or "equal")
+        if weights not in WEIGHTS:
+            raise ValueError(f"{stage}.weights={weights!r}: choose one of {', '.join(WEIGHTS)}")
+        return cls(teachers=teachers, calibrate=calibrate, sharpen=temperature, frame_targets=frame_targets,
+                   weights=weights)
+
+
+def box_auroc(framewise: np.ndarray, recording_ids: Sequence[str], boxes, duration_s: float) -> float:
+    """Mean over classes (with both TP and FP boxes) of the AUROC of TP against FP box scores; NaN if none."""
+    from ..postprocessing.repredict import box_scores
+
+    known = set(map(str, recording_ids))
+    boxes = boxes[boxes["recording_id"].astype(str).isin(known)]
+    if not len(boxes):
+        return float("nan")
+    scores = box_scores(framewise, recording_ids, boxes, duration_s)
+    is_tp, classes = boxes["is_tp"].to_numpy(bool), boxes["class_index"].to_numpy()
+    per_class = [roc_auc_score(is_tp[classes == c], scores[classes == c]) for c in np.unique(classes)
+                 if 0 < is_tp[classes == c].sum() < (classes == c).sum()]
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
+def teacher_weights(aurocs: Sequence[float], rule: str) -> np.ndarray:
+    """Weights (summing to 1) of teachers with these box AUROCs under ``rule`` (see the module docstring).
+
+    NaN AUROCs (no class with TP and FP boxes) count as chance; with no teacher above chance the
+    teachers are weighed equally.
+    """
+    aurocs = np.nan_to_num(np.asarray(aurocs, dtype=np.float64), nan=0.5)
+    n = len(aurocs)
+    if rule == "equal" or n == 1:
+        return np.full(n, 1.0 / n)
+    if rule == "best":
+        weights = (np.arange(n) == int(np.argmax(aurocs))).astype(np.float64)
+    elif rule == "skill":
+        weights = np.clip(aurocs - 0.5, 0.0, None) ** 2
+    else:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {rule!r}")
+    return weights / weights.sum() if weights.sum() > 0 else np.full(n, 1.0 / n)
 
 
 class TeacherSet:
@@ -84,6 +136,7 @@ class TeacherSet:
     def __init__(self, stage, settings: TeacherSettings):
         self.stage, self.settings = stage, settings
         self._entries: list[PoolEntry] | None = None
+        self._weights: np.ndarray | None = None
 
     @property
     def pool(self) -> PseudoLabelPool:
@@ -117,11 +170,48 @@ class TeacherSet:
                              f"use {self.stage.kind}.calibrate=estimated|none")
         return ctx.prior[ctx.scheme.species_of_class]   # species prior -> each class of the scheme
 
+    def weights(self) -> np.ndarray:
+        """Each teacher's weight (``weights``), from its out-of-fold box AUROC; recorded in ``state.json``."""
+        if self._weights is None:
+            entries = self.entries()
+            aurocs = [float("nan")] * len(entries)
+            if self.settings.weights != "equal" and len(entries) > 1:
+                ctx, duration_s = self.stage.ctx, float(self.stage.cfg.data.duration_s)
+                raw = self.pool.load(entries, "train", ctx.train.recording_ids)
+                aurocs = [box_auroc(raw.framewise[k], raw.recording_ids, ctx.boxes, duration_s)
+                          for k in range(raw.n_teachers)]
+            self._weights = teacher_weights(aurocs, self.settings.weights)
+            record = self.stage.state.stage(self.stage.name)
+            record["teacher_weights"] = {e.name: {"weight": round(float(w), 4),
+                                                  "box_auroc": None if np.isnan(a) else round(float(a), 4)}
+                                         for e, w, a in zip(entries, self._weights, aurocs)}
+            self.stage.state.save()
+            log.info("%s: teacher weights %s", self.stage.name, record["teacher_weights"])
+        return self._weights
+
     def load(self, split: str, recording_ids: Sequence[str], frames: bool = True) -> TeacherStack:
-        """The teachers' predictions for ``recording_ids`` of ``split``, calibrated, then sharpened."""
-        stack = self.pool.load(self.entries(), split, recording_ids, calibrate_prior=self.prior(), frames=frames)
+        """The teachers' predictions for ``recording_ids`` of ``split``, calibrated, then sharpened.
+
+        With ``weights`` other than ``equal`` the stack holds one teacher: the weighted mean.
+        """
+        stack = self.pool.load(self.entries(), split, recording_ids, calibrate_prior=self.prior(), frames=frames,
+                               frame_targets=self.settings.frame_targets)
+        if self.settings.weights != "equal" and stack.n_teachers > 1:
+            stack = combine(stack, self.weights())
         if self.settings.sharpen != 1.0:
             stack.clip = sharpen(stack.clip, self.settings.sharpen)
             if stack.framewise is not None:
                 stack.framewise = sharpen(stack.framewise, self.settings.sharpen)
         return stack
+
+
+def combine(stack: TeacherStack, weights: np.ndarray) -> TeacherStack:
+    """One teacher: the ``weights``-weighted mean of the stack's teachers (clip and frames)."""
+    w = np.asarray(weights, dtype=np.float32)
+    framewise = None
+    if stack.framewise is not None:
+        framewise = np.tensordot(w, stack.framewise.astype(np.float32), axes=1)[None].astype(np.float16)
+    name = "+".join(f"{w_:.2f}*{n}" for w_, n in zip(w, stack.names) if w_ > 0)
+    return TeacherStack(names=[name], recording_ids=list(stack.recording_ids),
+                        clip=np.tensordot(w, stack.clip, axes=1)[None].astype(np.float32), framewise=framewise,
+                        frames_per_second=stack.frames_per_second)

@@ -313,7 +313,7 @@ class NoisyStudentStage(KFoldStage):
         if "test" in stacks:
             items += [("test", rid, j, -1) for j, rid in enumerate(ctx.test_ids)]
         sampler = TeacherSampler(stacks["train"].n_teachers, seed=int(self.cfg.seed),
-                                 mode=str(ns.get("teacher_mode", "sample")))
+                                 mode=str(ns.get("teacher", "sample")))
         hard = ns.get("hard_threshold")
         dataset = WeakClipDataset(
             ctx.cache, items, stacks, ctx.train.boxes, ctx.scheme.n_classes, fold_data.n_samples, sampler,
