@@ -110,11 +110,7 @@ def write_round_ensemble(member_dirs: Sequence[Path], out_dir: Path, prior: np.n
 def round_box_auroc(run_dir: Path, boxes: pd.DataFrame, duration_s: float) -> float:
     """A finished round's out-of-fold box AUROC (its ``oof_framewise.npz`` on the TP/FP boxes); NaN without
     the file (a ``postprocess`` run) or without a class that has both kinds of box."""
-    from ..pseudo.teachers import box_auroc
+    from ..pseudo.teachers import prediction_box_auroc
 
     path = Path(run_dir) / "oof_framewise.npz"
-    if not path.is_file():
-        return float("nan")
-    with np.load(path) as data:
-        return box_auroc(data["framewise"].astype(np.float32), [str(r) for r in data["recording_id"]], boxes,
-                         duration_s)
+    return prediction_box_auroc(path, boxes, duration_s) if path.is_file() else float("nan")

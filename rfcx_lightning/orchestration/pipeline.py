@@ -199,6 +199,7 @@ class PipelineStage:
         self.is_global_zero = rank_zero_only.rank == 0
         self.leaderboard: Leaderboard = build_leaderboard(cfg.lb, cfg.data)
         self._logger = None
+        self._box_aurocs: dict[str, float] = {}   # a finished round's skill, computed once per run
 
     # -- state ------------------------------------------------------------------------------------------
     def _load(self) -> tuple[RunState, dict[str, Any]]:
@@ -314,13 +315,18 @@ class PipelineStage:
         """Each member's weight in the ensemble (``pipeline.ensemble_weights``; orchestration/ensemble.py)."""
         if self.settings.ensemble_weights == "equal":
             return np.full(len(members), 1.0 / len(members))
-        from ..data.annotations import DataRoot, load_boxes
-        from ..stages.context import resolve_data_root
+        todo = [m for m in members if m not in self._box_aurocs]
+        if todo:
+            from ..data.annotations import DataRoot, load_boxes
+            from ..stages.context import resolve_data_root
 
-        data = self.cfg.data   # the root exists by now (round 0 made it); resolving it again makes nothing
-        boxes, _ = load_boxes(DataRoot(resolve_data_root(self.cfg, True)), scheme_by_songtype=bool(data.by_songtype),
-                              duration_s=float(data.duration_s), native_sample_rate=int(data.native_sample_rate))
-        aurocs = [round_box_auroc(self.workspace / m, boxes, float(data.duration_s)) for m in members]
+            data = self.cfg.data   # the root exists by now (round 0 made it); resolving it again makes nothing
+            boxes, _ = load_boxes(DataRoot(resolve_data_root(self.cfg, True)),
+                                  scheme_by_songtype=bool(data.by_songtype), duration_s=float(data.duration_s),
+                                  native_sample_rate=int(data.native_sample_rate))
+            for member in todo:
+                self._box_aurocs[member] = round_box_auroc(self.workspace / member, boxes, float(data.duration_s))
+        aurocs = [self._box_aurocs[m] for m in members]
         weights = teacher_weights(aurocs, "skill")
         print("pipeline: ensemble weights " + ", ".join(f"{m} {w:.2f} (box AUROC {a:.3f})"
                                                          for m, w, a in zip(members, weights, aurocs)), flush=True)

@@ -40,7 +40,7 @@ from .pool import FRAME_TARGETS, PoolEntry, PoolError, PseudoLabelPool, TeacherS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TeacherSet", "TeacherSettings", "box_auroc", "sharpen", "teacher_weights"]
+__all__ = ["TeacherSet", "TeacherSettings", "box_auroc", "prediction_box_auroc", "sharpen", "teacher_weights"]
 
 CALIBRATIONS = ("prior", "estimated", "none")
 WEIGHTS = ("equal", "best", "skill")
@@ -105,6 +105,22 @@ def box_auroc(framewise: np.ndarray, recording_ids: Sequence[str], boxes, durati
     per_class = [roc_auc_score(is_tp[classes == c], scores[classes == c]) for c in np.unique(classes)
                  if 0 < is_tp[classes == c].sum() < (classes == c).sum()]
     return float(np.mean(per_class)) if per_class else float("nan")
+
+
+def prediction_box_auroc(path, boxes, duration_s: float) -> float:
+    """:func:`box_auroc` of a stage's ``oof_framewise.npz`` (``path``), on the stage's own time grid.
+
+    The one skill figure of a run, for the teacher set (``weights``) and the ensemble of rounds
+    (``pipeline.ensemble_weights``) alike; a file without its arrays is an error naming it.
+    """
+    from ..workspace import read_npz
+
+    data = read_npz(path)
+    missing = [k for k in ("recording_id", "framewise") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing} (box AUROC); expected a stage's prediction file")
+    return box_auroc(data["framewise"].astype(np.float32), [str(r) for r in data["recording_id"]], boxes,
+                     duration_s)
 
 
 def teacher_weights(aurocs: Sequence[float], rule: str) -> np.ndarray:
@@ -177,9 +193,8 @@ class TeacherSet:
             aurocs = [float("nan")] * len(entries)
             if self.settings.weights != "equal" and len(entries) > 1:
                 ctx, duration_s = self.stage.ctx, float(self.stage.cfg.data.duration_s)
-                raw = self.pool.load(entries, "train", ctx.train.recording_ids)
-                aurocs = [box_auroc(raw.framewise[k], raw.recording_ids, ctx.boxes, duration_s)
-                          for k in range(raw.n_teachers)]
+                aurocs = [prediction_box_auroc(e.path("train", ctx.workspace), ctx.boxes, duration_s)
+                          for e in entries]
             self._weights = teacher_weights(aurocs, self.settings.weights)
             record = self.stage.state.stage(self.stage.name)
             record["teacher_weights"] = {e.name: {"weight": round(float(w), 4),
