@@ -55,9 +55,9 @@ def build_logger(cfg: DictConfig, workspace: Path, stage: str, run_name: str):
 
         if wandb.run is not None:  # Lightning never finishes a run; without this the next fold would reuse it
             wandb.finish()
-        offline = bool(cfg.get("offline", True)) and "WANDB_MODE" not in os.environ
+        offline = bool(cfg.offline) and "WANDB_MODE" not in os.environ
         _keep_wandb_cache_in(workspace)
-        return WandbLogger(project=cfg.get("project", "rfcx_lightning"), save_dir=str(workspace),
+        return WandbLogger(project=str(cfg.project), save_dir=str(workspace),
                            group=workspace.name, job_type=stage, name=f"{stage}-{run_name}",
                            offline=offline)
     raise ValueError(f"logger={kind!r}: choose csv, tensorboard or wandb")

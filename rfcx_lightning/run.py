@@ -1,7 +1,8 @@
 """Command line: ``python -m rfcx_lightning.run stage=bootstrap [overrides...]``.
 
-Configuration is composed with Hydra's compose API from the stage recipe ``stages/<stage>.yaml`` and the
-shared groups in ``rfcx_lightning/conf`` (``data``, ``preset``, ``logger``). We compose instead of using
+Configuration is composed with Hydra's compose API from one tree, the top-level ``stages/`` folder (installed
+as ``rfcx_lightning.conf``): ``config.yaml`` lists the defaults once, ``stage=<name>`` picks a recipe of the
+group ``stage/`` and ``preset=``, ``data=``, ``logger=``, ``lb=`` the other groups. We compose instead of using
 ``@hydra.main`` on purpose: Hydra's own run folder and working-directory changes would put outputs
 outside the workspace and, under DDP, create one folder per process. Every output goes to ``workspace``.
 """
@@ -19,18 +20,20 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("rfcx_lightning")
 
 
-def recipes_dir() -> Path:
-    """The stage recipes: the repo's ``stages/`` (source checkout, editable install) or the installed copy."""
+def config_dir() -> Path:
+    """The configuration tree: the repo's ``stages/`` (source checkout, editable install) or the installed
+    copy, ``rfcx_lightning.conf``."""
     repo = Path(__file__).resolve().parents[1] / "stages"
-    if (repo / "bootstrap.yaml").exists():
+    if (repo / "config.yaml").exists():
         return repo
-    import rfcx_lightning.recipes as recipes
+    import rfcx_lightning.conf as conf
 
-    return Path(recipes.__file__).parent
+    return Path(conf.__file__).parent
 
 
 def available_stages() -> list[str]:
-    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+    """The recipes of the group ``stage/``: what ``stage=<name>`` accepts."""
+    return sorted(p.stem for p in (config_dir() / "stage").glob("*.yaml"))
 
 
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -38,17 +41,13 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    stage, rest = "bootstrap", []
     for item in overrides:
-        if item.startswith("stage="):
-            stage = item.split("=", 1)[1]
-        else:
-            rest.append(item)
-    if stage not in available_stages():
-        raise SystemExit(f"stage={stage!r} is not a stage recipe; choose one of {available_stages()}")
+        stage = item.split("=", 1)[1] if item.startswith("stage=") else None
+        if stage is not None and stage not in available_stages():
+            raise SystemExit(f"stage={stage!r} is not a stage recipe; choose one of {available_stages()}")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3"):
-        return compose(config_name=stage, overrides=list(rest))
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def run(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -94,6 +95,39 @@ def read_prediction_rows(path: str | os.PathLike, recording_ids, keys, what: str
     out = {k: None for k in optional}
     out.update({k: (data[k][rows] if np.ndim(data[k]) else data[k]) for k in (*keys, *optional) if k in data})
     return out
+
+
+_ROUND_NAME = re.compile(r"^round(?P<index>\d+)_(?P<kind>\w+)$")
+
+
+def round_name(index: int, kind: str) -> str:
+    """``round<index>_<kind>``: the folder and ``state.json`` key of one pseudo-label round."""
+    if index < 0:
+        raise ValueError(f"round index must be >= 0, got {index}")
+    return f"round{index}_{kind}"
+
+
+def parse_round_name(name: str) -> tuple[int, str] | None:
+    """``(index, kind)`` of a round name, ``None`` for names that are not rounds (e.g. ``bootstrap``)."""
+    match = _ROUND_NAME.match(name)
+    return (int(match["index"]), match["kind"]) if match else None
+
+
+def select_runs(available: Sequence[str], which: str | Sequence[str], what: str,
+                error: type[Exception] = ValueError) -> list[str]:
+    """The run names a selection key means (``coteach.teachers``, ``postprocess.sources``, ...):
+    ``latest`` (the last of ``available``, which is in run order), ``all``, or a name or list of names, each
+    of which must be available; they come back in the order given. ``what`` starts the error message
+    ("pool has no teacher named" -> "pool has no teacher named ['x']; available: [...]")."""
+    if isinstance(which, str) and which in ("latest", "all"):
+        return list(available[-1:]) if which == "latest" else list(available)
+    names = [which] if isinstance(which, str) else [str(n) for n in which]
+    if not names:
+        raise error(f"{what} ... an empty list of run names")
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise error(f"{what} {missing}; available: {list(available)}")
+    return names
 
 
 def _json_default(obj: Any) -> Any:

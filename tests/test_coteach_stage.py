@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from omegaconf import OmegaConf
 
 from rfcx_lightning.data.audio import AudioCache
 from rfcx_lightning.data.datamodule import FoldDataModule, RecordingSet, box_anchors
@@ -17,7 +18,9 @@ from rfcx_lightning.data.labels import BoxIndex
 from rfcx_lightning.pseudo.crops import PseudoCropDataset, RandomCropSource, mix_crops
 from rfcx_lightning.pseudo.pool import PoolError, PseudoLabelPool, TeacherStack
 from rfcx_lightning.pseudo.targets import crop_targets
-from rfcx_lightning.stages.coteach import CoteachDataModule, CoteachModule
+from rfcx_lightning.run import load_config
+from rfcx_lightning.settings import from_block
+from rfcx_lightning.stages.coteach import CoteachDataModule, CoteachModule, CoteachSettings
 
 from .conftest import smoke_args
 
@@ -131,7 +134,8 @@ def test_random_crops_never_use_the_held_out_fold(crop_world):
     fold_of = np.array([0, 1, 1])
     base = FoldDataModule(cache, train, fold_of, fold=0, n_classes=C, crop_seconds=CROP, label_hz=10,
                           sample_rate=SR, duration_s=DURATION, batch_size=4, predict_batch_size=2, num_workers=0)
-    datamodule = CoteachDataModule(base, train_stack, None, {"p_box_crop": 0.5})
+    settings = from_block(CoteachSettings, coteach_block(p_box_crop=0.5), "coteach")
+    datamodule = CoteachDataModule(base, train_stack, None, settings)
     dataset = datamodule.train_dataset(n_frames=N_FRAMES)
     used = set()
     for i in range(300):
@@ -180,10 +184,19 @@ def test_mix_p_mixes_that_share_of_items_and_leaves_the_rest_unchanged(crop_worl
         make_dataset(crop_world, mix_p=1.5)
 
 
+def coteach_block(**over) -> dict:
+    """The recipe's ``coteach:`` block with ``over`` on top (``ema`` merged key by key)."""
+    block = OmegaConf.to_container(load_config(["stage=coteach"]).coteach, resolve=True)
+    block.update({k: v for k, v in over.items() if k != "ema"})
+    block["ema"].update(over.get("ema") or {})
+    return block
+
+
 def tiny_module(**coteach):
+    """A tiny pair; ``coteach`` keys over the recipe's block (the module checks the whole block)."""
     return CoteachModule(n_classes=C, model=TINY_MODEL, optim=dict(lr=1e-3, weight_decay=0.0),
                          augment=dict(gain_noise_p=0.5, mixup_p=0.0), loss=dict(kind="bce"),
-                         coteach=dict(peer_seed=7, **coteach))
+                         coteach=coteach_block(peer_seed=7, **coteach))
 
 
 def test_the_pair_differs_and_predicts_the_mean_of_its_probabilities():
@@ -252,7 +265,7 @@ def test_coteach_without_a_pool_says_run_bootstrap_first(tmp_path, smoke_data_ro
 
 @pytest.mark.slow
 def test_bootstrap_then_coteach_writes_the_same_outputs_and_joins_the_pool(tmp_path, smoke_data_root):
-    from rfcx_lightning.run import load_config, main
+    from rfcx_lightning.run import main
     from rfcx_lightning.stages.coteach import CoteachStage
     from rfcx_lightning.stages.context import prepare_context
 
@@ -278,7 +291,7 @@ def test_bootstrap_then_coteach_writes_the_same_outputs_and_joins_the_pool(tmp_p
     assert not list(ws.rglob("*.tmp"))
     # a fold checkpoint rebuilds the pair by itself (re-prediction loads it without the stage config)
     module = CoteachModule.load_from_checkpoint(str(ws / cot["folds"]["0"]["checkpoint"]), map_location="cpu")
-    assert module.coteach["teachers"] == "all" and isinstance(module.peer, torch.nn.Module)
+    assert module.coteach.teachers == "all" and isinstance(module.peer, torch.nn.Module)
 
     # resuming the run keeps its teachers, even though the pool grew (its own entry is now the latest)
     ctx = prepare_context(load_config(coteach_args(ws, smoke_data_root, "stage=coteach")))

@@ -187,8 +187,8 @@ def test_negative_weights_follow_the_prior():
     from rfcx_lightning.stages.bootstrap import negative_class_weights
 
     prior = np.array([0.9, 0.01, 0.5])
-    assert np.allclose(negative_class_weights({"weight": 0.2}, prior, 3), 0.2 * (1 - prior))
-    assert np.allclose(negative_class_weights({"weight": 0.2, "prior_scaled": False}, prior, 3), 0.2)
-    assert np.allclose(negative_class_weights({"weight": 0.2}, None, 3), 0.2)
+    assert np.allclose(negative_class_weights(0.2, True, prior, 3), 0.2 * (1 - prior))
+    assert np.allclose(negative_class_weights(0.2, False, prior, 3), 0.2)
+    assert np.allclose(negative_class_weights(0.2, True, None, 3), 0.2)
     with pytest.raises(ValueError, match="negatives.weight"):
-        negative_class_weights({"weight": 2.0}, prior, 3)
+        negative_class_weights(2.0, True, prior, 3)

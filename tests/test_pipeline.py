@@ -151,7 +151,8 @@ def test_candidates_the_better_of_a_round_and_its_ensemble():
     assert candidate_score({"lb": 0.8, "ensemble": {"lb": 0.7}}) == 0.8
     assert candidate_score({"lb": 0.8}) == 0.8 and candidate_score({"lb": None}) is None
     stage = PipelineStage.__new__(PipelineStage)
-    stage.settings = PipelineSettings(sequence=("template", "coteach"))
+    stage.settings = PipelineSettings.from_cfg(load_config(["stage=pipeline",
+                                                            "pipeline.sequence=[template,coteach]"]).pipeline)
     record = {"rounds": {"round0_template": {"lb": 0.9},
                          "round1_coteach": {"lb": 0.85, "ensemble": {"name": "ensemble1", "lb": 0.93}}}}
     assert stage.best_candidate(record, 1) == "ensemble1" and stage.best_candidate(record, 0) == "round0_template"

@@ -118,9 +118,9 @@ def build_stage_module(kind: str, *overrides: str) -> StageModule:
     cfg = load_config([f"stage={kind}", "preset=smoke", *overrides])
     container = OmegaConf.to_container(cfg, resolve=True)
     model = dict(container["model"], class_bands=[[1000.0 + 100 * c, 4000.0 + 100 * c] for c in range(24)])
-    return stage_class(kind).module_class(n_classes=24, model=model, optim=container["optim"],
-                                          augment=container["augment"], loss=container["loss"],
-                                          predict=container["predict"])
+    module_class = stage_class(kind).module_class
+    return module_class(n_classes=24, model=model, optim=container["optim"], augment=container["augment"],
+                        loss=container["loss"], predict=container["predict"], **module_class.block_kwargs(container))
 
 
 def detectors_in(module: StageModule) -> list[torch.nn.Module]:

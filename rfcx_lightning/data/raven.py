@@ -232,7 +232,7 @@ _TEMP_MARKER = ".converting-"
 
 @dataclass(frozen=True)
 class RavenSource:
-    """What ``data=raven`` reads, from the ``data.*`` keys (see ``conf/data/raven.yaml``).
+    """What ``data=raven`` reads, from the ``data.*`` keys (see ``stages/data/raven.yaml``).
 
     * ``root``: the recordings (``*.flac`` / ``*.wav``, any name that is a plain file stem), with their
       selection tables beside them unless ``tables`` names another folder.

@@ -26,6 +26,7 @@ import json
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,6 +43,7 @@ from ..data.audio import AudioError
 from ..inference import WindowStitcher, combine_scales, window_probabilities
 from ..postprocessing.chain import Option, fold_clip_scores
 from ..postprocessing.ensemble import ensemble
+from ..settings import from_block
 from ..workspace import RunState, read_npz, write_csv, write_json, write_npz
 from .audio import AudioStream, list_audio
 from .data import WindowStream, prediction_passes
@@ -232,6 +234,24 @@ class DetectionWriter(BasePredictionWriter):
 
 
 # -- the stage ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DetectSettings:
+    """The ``detect:`` block, typed and checked (defaults and meanings in ``stages/stage/detect.yaml``)."""
+
+    audio: str | None
+    out: str | None
+    source: str
+    threshold: Any                # f1 | precision:<p> | a number
+    on_error: str
+    framewise: bool
+    batch_windows: int
+    block_seconds: float
+    num_workers: int
+    progress: bool
+    data_root: str | None
+    extensions: Any
+
+
 class DetectStage:
     """Runs detection end to end: resolve the run, thresholds, predict (resumable, DDP), merge the outputs."""
 
@@ -239,9 +259,9 @@ class DetectStage:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        d = cfg.detect
+        d = self.settings = from_block(DetectSettings, cfg.detect, "detect")
         for key in ("audio", "out"):
-            if not d.get(key):
+            if not getattr(d, key):
                 raise DetectError(f"stage=detect needs detect.{key}=PATH")
         self.workspace = Path(str(cfg.workspace)).expanduser().resolve()
         if not (self.workspace / "state.json").is_file():
@@ -250,19 +270,19 @@ class DetectStage:
         self.audio_root = Path(str(d.audio)).expanduser().resolve()
         self.out = Path(str(d.out)).expanduser().resolve()
         self.parts = self.out / PARTS
-        self.on_error = str(d.get("on_error", "skip"))
+        self.on_error = d.on_error
         if self.on_error not in ON_ERROR:
             raise DetectError(f"detect.on_error={self.on_error!r}: choose one of {ON_ERROR}")
-        self.rule = ThresholdRule.parse(d.get("threshold", "f1"))
-        self.batch_windows = int(d.get("batch_windows", 8))
-        self.block_seconds = float(d.get("block_seconds", 30.0))
-        self.num_workers = int(d.get("num_workers", 0))
-        self.write_framewise = bool(d.get("framewise", False))
-        self.progress_bar = bool(d.get("progress", True))
+        self.rule = ThresholdRule.parse(d.threshold)
+        self.batch_windows = d.batch_windows
+        self.block_seconds = d.block_seconds
+        self.num_workers = d.num_workers
+        self.write_framewise = d.framewise
+        self.progress_bar = d.progress
         self.is_global_zero = rank_zero_only.rank == 0
 
         self.state = RunState(self.workspace, writable=False)
-        self.source = resolve_source(self.state, str(d.get("source", "best")))
+        self.source = resolve_source(self.state, d.source)
         record = self.state.stage(self.source)
         self.run_cfg = OmegaConf.create(record["config"])
         run = self.run_cfg
@@ -274,8 +294,7 @@ class DetectStage:
             raise DetectError(f"run {self.source}: postprocess.fold_ensemble=rank_mean ranks scores across "
                               "recordings, which a file-by-file detector cannot do; detect with mean or "
                               "geometric_mean (the run's config)")
-        self.files = [str(p) for p in list_audio(self.audio_root, d.get("extensions") or
-                                                  (".flac", ".wav", ".ogg", ".aiff", ".aif"))]
+        self.files = [str(p) for p in list_audio(self.audio_root, d.extensions)]
         if not self.files:
             raise DetectError(f"detect.audio={self.audio_root}: no audio file (FLAC, WAV, ...) under it")
         self.relative = [Path(f).relative_to(self.audio_root).as_posix() for f in self.files]
@@ -290,13 +309,13 @@ class DetectStage:
         except AudioError:
             return 0.0
 
-    def _load_labels(self, d: DictConfig) -> None:
+    def _load_labels(self, d: DetectSettings) -> None:
         """Class scheme, per-class bands and thresholds: from the run's boxes and out-of-fold predictions."""
         from ..data.annotations import DataRoot, load_boxes
         from ..stages.context import class_prior
 
         run = self.run_cfg
-        root = Path(str(d.get("data_root") or run.data.root)).expanduser()
+        root = Path(str(d.data_root or run.data.root)).expanduser()
         if not root.is_dir():
             raise DetectError(f"run {self.source}: its data root {root} (data.root) is not there; detection needs "
                               "its TP/FP boxes for thresholds and bands: pass detect.data_root=PATH")

@@ -206,8 +206,7 @@ def build_leaderboard(lb: DictConfig, data: DictConfig) -> Leaderboard:
     if kind == "holdout":
         return HoldoutLeaderboard(lb.get("labels") or default_holdout_labels(data))
     if kind == "kaggle":
-        return KaggleLeaderboard(competition=str(lb.competition), executable=str(lb.get("executable", "kaggle")),
-                                 poll_seconds=float(lb.get("poll_seconds", 30)),
-                                 timeout_seconds=float(lb.get("timeout_seconds", 3600)),
-                                 message_prefix=str(lb.get("message_prefix", "rfcx_lightning")))
+        return KaggleLeaderboard(competition=str(lb.competition), executable=str(lb.executable),
+                                 poll_seconds=float(lb.poll_seconds), timeout_seconds=float(lb.timeout_seconds),
+                                 message_prefix=str(lb.message_prefix))
     raise ValueError(f"lb={kind!r}: choose holdout, kaggle or none")

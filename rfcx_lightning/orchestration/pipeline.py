@@ -2,7 +2,7 @@
 
 Round ``k`` runs the ``k``-th kind of ``pipeline.sequence`` (the last one repeated when
 ``pipeline.repeat_last``) as a normal K-fold stage named ``round<k>_<kind>``, configured by its own recipe
-``stages/<kind>.yaml`` composed with the user's overrides, so each round stage keeps its own config block.
+``stages/stage/<kind>.yaml`` composed with the user's overrides, so each round stage keeps its own config block.
 After each round the ``lb=`` hook scores the round's ``submission.csv``; :func:`plateau_decision` says
 whether to go on; the best round's submission is copied to ``W/submission.csv``.
 
@@ -19,21 +19,23 @@ rank 0 to record each round as done before reading its decision and starting the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..loggers import build_logger
 from ..pseudo.teachers import teacher_weights
+from ..settings import from_block
 from ..workspace import RunState, atomic_path, write_csv
 from .ensemble import class_columns, ensemble_name, round_box_auroc, write_round_ensemble
 from .leaderboard import Leaderboard, build_leaderboard
@@ -58,26 +60,24 @@ _STALE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$|^\..+\.tmp-\d+-[0-9a-f]+$|^.+
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """The ``pipeline:`` block, checked."""
+    """The ``pipeline:`` block, typed and checked (defaults and meanings in ``stages/stage/pipeline.yaml``)."""
 
     sequence: tuple[str, ...]
-    repeat_last: bool = False
-    max_rounds: int = 10
-    patience: int = 2
-    min_delta: float = 0.0
-    overrides: dict[str, list[str]] = field(default_factory=dict)   # by kind or by round name
-    per_round: dict[str, list[Any]] = field(default_factory=dict)   # dotted key -> value of round 0, 1, ...
-    ensemble: bool = True          # score the mean of rounds 0..k beside round k (orchestration/ensemble.py)
-    ensemble_weights: str = "equal"  # equal | skill: rounds weighed by their OOF box AUROC
+    repeat_last: bool
+    max_rounds: int
+    patience: int
+    min_delta: float
+    overrides: dict[str, list[str]]   # by kind or by round name
+    per_round: dict[str, list[Any]]   # dotted key -> value of round 0, 1, ...
+    ensemble: bool                    # score the mean of rounds 0..k beside round k (orchestration/ensemble.py)
+    ensemble_weights: str             # equal | skill: rounds weighed by their OOF box AUROC
 
     @classmethod
     def from_cfg(cls, block: DictConfig) -> "PipelineSettings":
         from ..run import available_stages
 
-        raw = OmegaConf.to_container(block, resolve=True)
-        sequence = raw.get("sequence")
-        if isinstance(sequence, str):
-            sequence = [sequence]
+        settings = from_block(cls, block, "pipeline")
+        sequence = [settings.sequence] if isinstance(settings.sequence, str) else list(settings.sequence or [])
         if not sequence:
             raise ValueError("pipeline.sequence is empty: list the stage kinds to run, e.g. [bootstrap, coteach]")
         rounds = [s for s in available_stages() if s not in NOT_ROUNDS]
@@ -85,16 +85,12 @@ class PipelineSettings:
             if kind not in rounds:
                 raise ValueError(f"pipeline.sequence[{position}] = {kind!r} is not a stage that can be a round; "
                                  f"choose from {rounds}")
-        overrides = raw.get("overrides") or {}
+        overrides = settings.overrides or {}
         for kind, items in overrides.items():
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 raise ValueError(f"pipeline.overrides.{kind} must be a list of key=value strings, got {items!r}")
-        settings = cls(sequence=tuple(sequence), repeat_last=bool(raw.get("repeat_last", False)),
-                       max_rounds=int(raw.get("max_rounds", 10)), patience=int(raw.get("patience", 2)),
-                       min_delta=float(raw.get("min_delta", 0.0)), overrides=dict(overrides),
-                       per_round=flatten_per_round(raw.get("per_round") or {}),
-                       ensemble=bool(raw.get("ensemble", True)),
-                       ensemble_weights=str(raw.get("ensemble_weights") or "equal"))
+        settings = dataclasses.replace(settings, sequence=tuple(sequence), overrides=dict(overrides),
+                                       per_round=flatten_per_round(settings.per_round or {}))
         if settings.ensemble_weights not in ("equal", "skill"):
             raise ValueError(f"pipeline.ensemble_weights={settings.ensemble_weights!r}: choose equal or skill")
         if settings.max_rounds < 1:

@@ -9,27 +9,15 @@ round of that kind died before finishing, that round again, so rerunning the sam
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from ..workspace import parse_round_name, round_name
+
+__all__ = ["ROUND_KINDS", "parse_round_name", "round_name", "stage_finished", "next_round_name"]
+
 #: stages that learn from the pseudo-label pool of earlier rounds; run alone, they are named as rounds
 ROUND_KINDS = frozenset({"coteach", "noisy_student"})
-
-_ROUND_NAME = re.compile(r"^round(?P<index>\d+)_(?P<kind>\w+)$")
-
-
-def round_name(index: int, kind: str) -> str:
-    """``round<index>_<kind>``: the folder and ``state.json`` key of one round."""
-    if index < 0:
-        raise ValueError(f"round index must be >= 0, got {index}")
-    return f"round{index}_{kind}"
-
-
-def parse_round_name(name: str) -> tuple[int, str] | None:
-    """``(index, kind)`` of a round name, ``None`` for names that are not rounds (e.g. ``bootstrap``)."""
-    match = _ROUND_NAME.match(name)
-    return (int(match["index"]), match["kind"]) if match else None
 
 
 def stage_finished(stage_state: Mapping[str, Any]) -> bool:

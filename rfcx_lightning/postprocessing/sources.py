@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..workspace import RunState, read_prediction_rows
+from ..workspace import RunState, read_prediction_rows, select_runs
 
 
 
@@ -51,14 +51,8 @@ def resolve_sources(state: RunState, sources, exclude: Sequence[str] = ()) -> li
     available = finished_stages(state, exclude)
     if not available:
         raise FileNotFoundError(f"{state.path}: no finished stage with framewise outputs; run stage=bootstrap first")
-    if isinstance(sources, str) and sources in ("latest", "all"):
-        return available[-1:] if sources == "latest" else available
-    names = [sources] if isinstance(sources, str) else [str(s) for s in sources]
-    missing = [n for n in names if n not in available]
-    if missing:
-        raise ValueError(f"postprocess.sources: {missing} have no finished framewise outputs in {state.path}; "
-                         f"available: {available}")
-    return names
+    return select_runs(available, sources, f"postprocess.sources: {state.path} has no finished run with "
+                                           "framewise outputs named")
 
 
 def _load(path: Path, ids: Sequence[str], what: str) -> dict[str, np.ndarray]:

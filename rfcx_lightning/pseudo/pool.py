@@ -18,7 +18,6 @@ poor targets, exactly as they make a poor submission).
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..postprocess import odds_scale_to_prior
-from ..workspace import read_prediction_rows, write_json
+from ..workspace import parse_round_name, read_prediction_rows, select_runs, write_json
 
 __all__ = ["PoolEntry", "PoolError", "PseudoLabelPool", "TeacherStack", "register_stage"]
 
@@ -138,7 +137,8 @@ class PseudoLabelPool:
         provenance = dict(provenance or {})
         provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
         if round is None:
-            round = round_of(name)
+            parsed = parse_round_name(name)
+            round = parsed[0] if parsed else None
         existing = [i for i, e in enumerate(self._entries) if e.name == name]
         order = self._entries[existing[0]].order if existing else \
             1 + max((e.order for e in self._entries), default=-1)
@@ -170,19 +170,8 @@ class PseudoLabelPool:
             raise PoolError(f"the pseudo-label pool at {self.path} has no teacher"
                             f"{' besides ' + ', '.join(exclude) if exclude and self._entries else ''}: "
                             "run stage=bootstrap first (every finished stage adds its predictions)")
-        if isinstance(which, str):
-            if which == "latest":
-                return [max(available, key=lambda e: e.order)]
-            if which == "all":
-                return available
-            which = [which]
-        by_name = {e.name: e for e in available}
-        unknown = [n for n in which if n not in by_name]
-        if unknown:
-            raise PoolError(f"pool has no teacher named {unknown}; it has {sorted(by_name)}")
-        if not which:
-            raise PoolError("select() was given an empty list of teacher names")
-        return [by_name[n] for n in which]
+        by_name = {e.name: e for e in sorted(available, key=lambda e: e.order)}
+        return [by_name[n] for n in select_runs(list(by_name), which, "pool has no teacher named", PoolError)]
 
     # -- predictions ------------------------------------------------------------------------------------
     def load(self, entries: Sequence[PoolEntry], split: str, recording_ids: Sequence[str],
@@ -302,12 +291,6 @@ def localize(framewise: np.ndarray, clip: np.ndarray) -> np.ndarray:
     height = frames.max(axis=-1, keepdims=True) - median
     shape = np.where(height > 1e-6, np.clip((frames - median) / np.maximum(height, 1e-6), 0.0, 1.0), 1.0)
     return shape * np.asarray(clip, dtype=np.float32)[..., None]
-
-
-def round_of(name: str) -> int | None:
-    """``round2_coteach`` -> 2; names without a round number (``bootstrap``) -> None."""
-    match = re.search(r"round(\d+)", name)
-    return int(match.group(1)) if match else None
 
 
 def register_stage(stage) -> PoolEntry:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -40,7 +40,7 @@ from .pool import FRAME_TARGETS, PoolEntry, PoolError, PseudoLabelPool, TeacherS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TeacherSet", "TeacherSettings", "box_auroc", "prediction_box_auroc", "sharpen", "teacher_weights"]
+__all__ = ["TeacherKeys", "TeacherSet", "TeacherSettings", "box_auroc", "prediction_box_auroc", "sharpen", "teacher_weights"]
 
 CALIBRATIONS = ("prior", "estimated", "none")
 WEIGHTS = ("equal", "best", "skill")
@@ -55,6 +55,19 @@ def sharpen(probabilities: np.ndarray, temperature: float) -> np.ndarray:
         return probabilities
     out = np.power(np.clip(probabilities.astype(np.float32), 0.0, 1.0), 1.0 / temperature)
     return out.astype(probabilities.dtype)
+
+
+@dataclass(frozen=True)
+class TeacherKeys:
+    """The teacher keys every pool stage block has (``coteach:``, ``noisy_student:``), as written there;
+    stage settings classes extend it and :meth:`TeacherSettings.from_block` checks the values."""
+
+    teachers: Any                 # latest | all | [name, ...]
+    teacher: str                  # mean | sample: how several teachers make one target
+    calibrate: Any                # prior | estimated | none
+    sharpen: float | None         # T of p ** (1/T)
+    weights: str                  # equal | best | skill
+    frame_targets: str            # scaled | localized
 
 
 @dataclass(frozen=True)

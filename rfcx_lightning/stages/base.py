@@ -48,6 +48,13 @@ class StageModule(pl.LightningModule):
         pair_scoring = str(model.get("detector") or "multilabel").startswith("band")
         self.pseudo_classes_per_item = band.get("pseudo_classes_per_item") if pair_scoring else None
 
+    @classmethod
+    def block_kwargs(cls, config: dict) -> dict:
+        """The constructor arguments this module takes from its stage's own config block (``config``: the
+        resolved run config); none here. One place, used by the stage that builds it and by anyone else
+        building the module from a config."""
+        return {}
+
     @staticmethod
     def build_network(n_classes: int, model: dict, augment: dict) -> torch.nn.Module:
         """One detector of the ``model:`` config, started from ``model.init_from`` when given.

@@ -13,7 +13,6 @@ import functools
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from ..data.labels import add_unlabelled_negatives
 from .base import StageModule
@@ -38,17 +37,18 @@ class BootstrapModule(StageModule):
                                         self.negatives_per_crop)
 
 
-def negative_class_weights(settings: dict, class_prior: np.ndarray | None, n_classes: int) -> list[float]:
+def negative_class_weights(weight: float, prior_scaled: bool, class_prior: np.ndarray | None,
+                           n_classes: int) -> list[float]:
     """Per-class weight of the weak negatives: ``weight``, times ``1 - prior`` when ``prior_scaled``.
 
     Scaling by the prior is the positive-unlabelled correction: a species in 90% of the clips calls in a
     sizeable share of random crops, so calling its unlabelled cells negative would mostly be wrong.
     """
-    weight = float(settings.get("weight", 0.0))
+    weight = float(weight)
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"negatives.weight must be in [0, 1], got {weight}")
     weights = np.full(n_classes, weight)
-    if settings.get("prior_scaled", True) and class_prior is not None:
+    if prior_scaled and class_prior is not None:
         weights = weights * (1.0 - np.asarray(class_prior, dtype=np.float64))
     return [float(w) for w in weights]
 
@@ -61,9 +61,9 @@ class BootstrapStage(KFoldStage):
 
     def __init__(self, ctx, name: str | None = None):
         super().__init__(ctx, name)
-        settings = OmegaConf.to_container(self.cfg.get("negatives") or OmegaConf.create({}), resolve=True)
-        n_classes = ctx.scheme.n_classes
+        negatives = self.cfg.negatives
         prior = None if ctx.prior is None else ctx.prior[ctx.scheme.species_of_class]
         self.module_class = functools.partial(
-            BootstrapModule, negatives_per_crop=int(settings.get("per_crop", 0)),
-            negative_weights=negative_class_weights(settings, prior, n_classes))
+            BootstrapModule, negatives_per_crop=int(negatives.per_crop),
+            negative_weights=negative_class_weights(negatives.weight, bool(negatives.prior_scaled), prior,
+                                                    ctx.scheme.n_classes))

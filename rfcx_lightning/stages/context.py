@@ -74,7 +74,7 @@ def resolve_data_root(cfg: DictConfig, is_global_zero: bool) -> Path:
                              sample_rate=int(data.native_sample_rate),
                              tp_per_species=data.get("tp_per_species"), variation=data.get("variation"))
     if is_global_zero:
-        ensure_synthetic(root, config, workers=int(data.get("workers", 1)))
+        ensure_synthetic(root, config, workers=int(data.workers))
     else:
         wait_for(lambda: (root / "manifest.json").exists(), f"synthetic data at {root}")
     return root

@@ -15,8 +15,10 @@ Outputs are those of every K-fold stage (OOF and test framewise predictions, ``o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,13 +34,46 @@ from ..pseudo.coteaching import coteaching_losses, consistency_loss, drop_rate_a
 from ..pseudo.crops import PseudoCropDataset, RandomCropSource
 from ..pseudo.pool import TeacherStack
 from ..pseudo.targets import EpochItemSampler, TeacherSampler
-from ..pseudo.teachers import TeacherSet, TeacherSettings
+from ..pseudo.teachers import TeacherKeys, TeacherSet, TeacherSettings
+from ..settings import from_block
 from .base import StageModule, labelled_classes
 from .runner import KFoldStage
 
 log = logging.getLogger(__name__)
 
 _PROB_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class EmaSettings:
+    """``coteach.ema``: the mean-teacher variant (defaults and meanings in ``stages/stage/coteach.yaml``)."""
+
+    enabled: bool
+    decay: float
+    consistency_weight: float
+    ramp_epochs: float
+    predict: bool
+
+
+@dataclass(frozen=True)
+class CoteachSettings(TeacherKeys):
+    """The ``coteach:`` block, typed and checked (defaults and meanings in ``stages/stage/coteach.yaml``)."""
+
+    targets: str
+    hard_threshold: float
+    pseudo_weight: float
+    p_box_crop: float
+    include_test: bool
+    mix_p: float
+    epoch_items: int | None
+    drop_rate: float
+    ramp_epochs: float
+    peer_seed: int | None
+    ema: EmaSettings
+
+    def __post_init__(self):
+        if self.targets not in ("soft", "hard"):
+            raise ValueError(f"coteach.targets={self.targets!r}: choose soft or hard")
 
 
 class MeanProbabilityEnsemble(nn.Module):
@@ -74,20 +109,27 @@ class CoteachModule(StageModule):
     independent AdamW updates, and checkpointing, resuming and AMP stay Lightning's.
     """
 
+    @classmethod
+    def block_kwargs(cls, config: dict) -> dict:
+        """The ``coteach:`` block, checked; a null ``peer_seed`` becomes ``seed + 1000``."""
+        settings = from_block(CoteachSettings, config["coteach"], "coteach")
+        if settings.peer_seed is None:
+            settings = dataclasses.replace(settings, peer_seed=int(config["seed"]) + 1000)
+        return {"coteach": dataclasses.asdict(settings)}  # a plain dict: the checkpoint's hyperparameters
+
     def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
-                 predict: dict | None = None, coteach: dict | None = None):
+                 predict: dict | None = None, *, coteach: dict):
         super().__init__(n_classes, model, optim, augment, loss, predict)
-        self.coteach = dict(coteach or {})
+        self.coteach = from_block(CoteachSettings, coteach, "coteach")
         with torch.random.fork_rng():  # a different initialisation, without disturbing the global stream
-            torch.manual_seed(int(self.coteach.get("peer_seed", 1)))
+            torch.manual_seed(int(self.coteach.peer_seed))
             self.peer = self.build_network(n_classes, model, augment)  # same init_from backbone, own head
-        ema = dict(self.coteach.get("ema") or {})
-        self.use_ema = bool(ema.get("enabled", False))
+        self.use_ema = self.coteach.ema.enabled
         if self.use_ema:
-            avg = get_ema_multi_avg_fn(float(ema.get("decay", 0.999)))
+            avg = get_ema_multi_avg_fn(self.coteach.ema.decay)
             self.ema_model = AveragedModel(self.model, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
             self.ema_peer = AveragedModel(self.peer, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
-        if augment.get("mixup_p", 0) > 0:
+        if augment["mixup_p"] > 0:
             log.warning("coteach ignores augment.mixup_p: both networks must see the same targets for the "
                         "peer's selection to refer to the same cells")
 
@@ -97,7 +139,7 @@ class CoteachModule(StageModule):
 
     def predictor(self) -> MeanProbabilityEnsemble:
         """What validates and predicts: the mean of the pair (of their EMA copies with ``ema.predict``)."""
-        if self.use_ema and self.coteach.get("ema", {}).get("predict", True):
+        if self.use_ema and self.coteach.ema.predict:
             return MeanProbabilityEnsemble([self.ema_model.module, self.ema_peer.module])
         return MeanProbabilityEnsemble(self.networks())
 
@@ -109,7 +151,7 @@ class CoteachModule(StageModule):
 
     def network_logits(self, net: nn.Module, wave: Tensor, active: Tensor) -> Tensor:
         """One network's framewise logits under its own random gain/noise and SpecAugment draws."""
-        p = self.hparams.augment.get("gain_noise_p", 0)
+        p = self.hparams.augment["gain_noise_p"]
         if p > 0:
             wave = waveform_gain_noise(wave, p=p)
         return net.forward_spectrogram(net.spectrogram(wave), active=active)["framewise_logits"]
@@ -121,14 +163,13 @@ class CoteachModule(StageModule):
         active = labelled_classes(weights)
         logits = [self.network_logits(net, wave, active) for net in self.networks()]
         progress = self.progress_epochs(batch_idx)
-        drop = drop_rate_at(progress, float(self.coteach.get("drop_rate", 0.2)),
-                            float(self.coteach.get("ramp_epochs", 5)))
+        drop = drop_rate_at(progress, self.coteach.drop_rate, self.coteach.ramp_epochs)
         out = coteaching_losses(logits[0], logits[1], targets, weights, box, drop)
         loss = out.loss_a + out.loss_b
         n = len(wave)
         if self.use_ema:
-            ema = self.coteach["ema"]
-            weight = float(ema.get("consistency_weight", 1.0)) * linear_ramp(progress, float(ema.get("ramp_epochs", 0)))
+            ema = self.coteach.ema
+            weight = ema.consistency_weight * linear_ramp(progress, ema.ramp_epochs)
             consistency = sum(consistency_loss(student, self.mean_teacher_logits(teacher, wave, active))
                               for student, teacher in zip(logits, (self.ema_model, self.ema_peer)))
             loss = loss + weight * consistency
@@ -176,7 +217,7 @@ class CoteachDataModule(FoldDataModule):
     """
 
     def __init__(self, base: FoldDataModule, train_stack: TeacherStack, test_source: RandomCropSource | None,
-                 settings: dict):
+                 settings: CoteachSettings):
         crop = {k: v for k, v in base.crop_kwargs.items() if k != "n_classes"}
         super().__init__(base.cache, base.train_set, base.fold_of_recording, base.fold, base.n_classes, **crop,
                          batch_size=base.batch_size, predict_batch_size=base.predict_batch_size,
@@ -184,7 +225,7 @@ class CoteachDataModule(FoldDataModule):
                          seed=base.seed, predict_sets=base.predict_sets, min_per_epoch=base.min_per_epoch)
         self.train_stack = train_stack
         self.test_source = test_source
-        self.settings = dict(settings)
+        self.settings = settings
 
     def output_frames(self) -> int:
         """Frames the model outputs for one crop, asked of the model being trained (labels live on it)."""
@@ -201,24 +242,22 @@ class CoteachDataModule(FoldDataModule):
         anchors = box_anchors(boxes, training, self.tp_repeat)
         n_tp = int(boxes.is_tp[anchors].sum())
         # null: a bootstrap epoch, crops.min_per_epoch included (budget, not labels, held students back)
-        n_items = settings.get("epoch_items") or max(n_tp + int(round(self.fp_fraction * (len(anchors) - n_tp))),
+        n_items = settings.epoch_items or max(n_tp + int(round(self.fp_fraction * (len(anchors) - n_tp))),
                                                      self.min_per_epoch)
         train_ids = tuple(np.asarray(self.train_set.recording_ids)[training])
         sources = [RandomCropSource("train", train_ids, self.train_stack, boxes)]
         if self.test_source is not None:
             sources.append(self.test_source)
-        hard = settings.get("targets", "soft") == "hard"
+        hard = settings.targets == "hard"
         return PseudoCropDataset(
             self.cache, self.train_set, self.train_stack, anchors, sources,
             n_classes=self.n_classes, crop_seconds=self.crop_kwargs["crop_seconds"],
             n_frames=n_frames or self.output_frames(), sample_rate=self.crop_kwargs["sample_rate"],
             duration_s=self.crop_kwargs["duration_s"], n_items=int(n_items),
-            p_box_crop=float(settings.get("p_box_crop", 0.5)), fp_fraction=self.fp_fraction,
-            pseudo_weight=float(settings.get("pseudo_weight", 0.5)),
-            hard_threshold=float(settings.get("hard_threshold", 0.5)) if hard else None,
-            teacher_sampler=TeacherSampler(self.train_stack.n_teachers, self.seed + self.fold,
-                                           mode=str(settings.get("teacher", "mean"))),
-            seed=self.seed + self.fold, mix_p=float(settings.get("mix_p") or 0.0))
+            p_box_crop=settings.p_box_crop, fp_fraction=self.fp_fraction, pseudo_weight=settings.pseudo_weight,
+            hard_threshold=settings.hard_threshold if hard else None,
+            teacher_sampler=TeacherSampler(self.train_stack.n_teachers, self.seed + self.fold, mode=settings.teacher),
+            seed=self.seed + self.fold, mix_p=settings.mix_p)
 
     def train_dataloader(self):
         dataset = self.train_dataset()
@@ -241,15 +280,14 @@ class CoteachStage(KFoldStage):
     def __init__(self, ctx, name: str | None = None):
         super().__init__(ctx, name)
         if "coteach" not in self.cfg:
-            raise ValueError("stage=coteach needs a `coteach:` config block (see stages/coteach.yaml)")
-        self.settings = OmegaConf.to_container(self.cfg.coteach, resolve=True)
-        if self.settings.get("peer_seed") is None:
-            self.settings["peer_seed"] = int(self.cfg.seed) + 1000
-        self.module_class = functools.partial(CoteachModule, coteach=self.settings)
-        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(self.settings, self.kind))
+            raise ValueError("stage=coteach needs a `coteach:` config block (see stages/stage/coteach.yaml)")
+        kwargs = CoteachModule.block_kwargs(OmegaConf.to_container(self.cfg, resolve=True))
+        self.settings = from_block(CoteachSettings, kwargs["coteach"], "coteach")
+        self.module_class = functools.partial(CoteachModule, **kwargs)
+        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(kwargs["coteach"], self.kind))
         self.train_stack = self.teacher_set.load("train", ctx.train.recording_ids)
         self.test_source = None
-        if self.settings.get("include_test", False):
+        if self.settings.include_test:
             test_stack = self.teacher_set.load("test", ctx.test_ids)
             self.test_source = RandomCropSource("test", tuple(ctx.test_ids), test_stack, None)
 

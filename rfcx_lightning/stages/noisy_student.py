@@ -40,10 +40,12 @@ slightly optimistic (the usual price of OOF pseudo labels; test scores are unaff
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -58,7 +60,8 @@ from ..data.labels import BoxIndex
 from ..data.labels import clip_targets as box_clip_targets
 from ..pseudo.pool import PoolEntry, TeacherStack
 from ..pseudo.targets import EpochItemSampler, TeacherSampler, clip_targets, override_with_boxes
-from ..pseudo.teachers import TeacherSet, TeacherSettings
+from ..pseudo.teachers import TeacherKeys, TeacherSet, TeacherSettings
+from ..settings import from_block
 from .base import StageModule
 from .runner import KFoldStage
 
@@ -211,6 +214,23 @@ class NoisyStudentModule(StageModule):
         return loss
 
 
+@dataclass(frozen=True)
+class NoisyStudentSettings(TeacherKeys):
+    """The ``noisy_student:`` block, typed and checked (defaults and meanings in
+    ``stages/stage/noisy_student.yaml``)."""
+
+    clip_source: str
+    hard_threshold: float | None
+    pseudo_weight: float
+    include_test: bool
+    box_weight: float
+    init: str
+    backbone: str | None
+    batch_size: int | None
+    max_epochs: int | None
+    augment: Any
+
+
 class NoisyStudentStage(KFoldStage):
     """K folds of a student on weak clip labels from the pool; outputs and pool entry like every stage."""
 
@@ -220,33 +240,32 @@ class NoisyStudentStage(KFoldStage):
     def __init__(self, ctx, name: str | None = None):
         super().__init__(ctx, name)
         if "noisy_student" not in self.cfg:
-            raise KeyError("stage=noisy_student needs a `noisy_student:` config block (stages/noisy_student.yaml)")
-        self.options = self.cfg.noisy_student
+            raise KeyError("stage=noisy_student needs a `noisy_student:` config block (stages/stage/noisy_student.yaml)")
+        self.options = from_block(NoisyStudentSettings, self.cfg.noisy_student, "noisy_student")
         self.box_batch_size = int(self.cfg.loader.batch_size)  # box crops keep the preset's batch size
         self.cfg = self.student_config()
-        self.box_weight = float(self.options.get("box_weight") or 0.0)
+        self.box_weight = self.options.box_weight
         if self.box_weight < 0:
             raise ValueError(f"noisy_student.box_weight={self.box_weight}: must be >= 0 (0: clip labels only)")
         self.module_class = functools.partial(NoisyStudentModule, box_weight=self.box_weight)
-        self.init_mode = str(self.options.get("init", "auto"))
+        self.init_mode = self.options.init
         if self.init_mode not in INIT_MODES:
             raise ValueError(f"noisy_student.init={self.init_mode!r}: choose one of {', '.join(INIT_MODES)}")
         self._fold: int | None = None
         self._stacks: dict[str, TeacherStack] | None = None
-        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(
-            OmegaConf.to_container(self.options, resolve=True), self.kind, default_teachers="all"))
+        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(dataclasses.asdict(self.options), self.kind))
 
     def student_config(self):
         """The run config with the student's overrides applied (so ``state.json`` records what ran)."""
         cfg, ns = self.cfg.copy(), self.options
-        if ns.get("backbone"):
+        if ns.backbone:
             cfg.model.backbone = ns.backbone
-        if ns.get("augment"):
+        if ns.augment:
             cfg.augment = OmegaConf.merge(cfg.augment, ns.augment)
-        if ns.get("batch_size"):
-            cfg.loader.batch_size = int(ns.batch_size)
-        if ns.get("max_epochs"):
-            cfg.trainer.max_epochs = int(ns.max_epochs)
+        if ns.batch_size:
+            cfg.loader.batch_size = ns.batch_size
+        if ns.max_epochs:
+            cfg.trainer.max_epochs = ns.max_epochs
         return cfg
 
     # -- teachers ---------------------------------------------------------------------------------------
@@ -257,9 +276,9 @@ class NoisyStudentStage(KFoldStage):
     def stacks(self) -> dict[str, TeacherStack]:
         """Teacher stacks per split, loaded once per run (clip scores only unless framewise_max is asked)."""
         if self._stacks is None:
-            frames = self.options.get("clip_source", "clip") == "framewise_max"
+            frames = self.options.clip_source == "framewise_max"
             self._stacks = {"train": self.teacher_set.load("train", self.ctx.train.recording_ids, frames=frames)}
-            if self.options.get("include_test", False):
+            if self.options.include_test:
                 self._stacks["test"] = self.teacher_set.load("test", self.ctx.test_ids, frames=frames)
         return self._stacks
 
@@ -312,13 +331,10 @@ class NoisyStudentStage(KFoldStage):
                  enumerate(zip(ctx.train.recording_ids, ctx.fold_of_recording)) if f != fold]
         if "test" in stacks:
             items += [("test", rid, j, -1) for j, rid in enumerate(ctx.test_ids)]
-        sampler = TeacherSampler(stacks["train"].n_teachers, seed=int(self.cfg.seed),
-                                 mode=str(ns.get("teacher", "sample")))
-        hard = ns.get("hard_threshold")
+        sampler = TeacherSampler(stacks["train"].n_teachers, seed=int(self.cfg.seed), mode=ns.teacher)
         dataset = WeakClipDataset(
             ctx.cache, items, stacks, ctx.train.boxes, ctx.scheme.n_classes, fold_data.n_samples, sampler,
-            source=str(ns.get("clip_source", "clip")), hard_threshold=None if hard is None else float(hard),
-            pseudo_weight=float(ns.get("pseudo_weight", 0.5)))
+            source=ns.clip_source, hard_threshold=ns.hard_threshold, pseudo_weight=ns.pseudo_weight)
         fold_data.batch_size = self.box_batch_size  # its train loader gives the box crops; validation too
         return WeakClipDataModule(fold_data, dataset, batch_size=int(self.cfg.loader.batch_size),
                                   seed=int(self.cfg.seed), with_boxes=self.box_weight > 0)

@@ -97,7 +97,7 @@ class OracleStage(BootstrapStage):
     joins_pool = False
 
     def __init__(self, ctx: StageContext, name: str | None = None):
-        from ..orchestration.rounds import parse_round_name
+        from ..workspace import parse_round_name
 
         if name is not None and parse_round_name(name) is not None:
             raise ValueError(f"stage=oracle cannot be the pseudo-label round {name!r}: it trains on the hidden "

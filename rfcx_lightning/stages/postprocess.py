@@ -143,7 +143,7 @@ class PostprocessStage(StageRun):
         return out
 
     def _compare_inference(self, source: str, estimate) -> list[dict]:
-        modes = list(self.pp.get("inference", {}).get("modes") or [])
+        modes = list(self.pp.inference.modes or [])
         if not modes:
             return []
         from ..postprocessing.repredict import InferenceComparison

@@ -132,15 +132,18 @@ class MaskedSpectrogramModule(StageModule):
     ([mel bins, frames] of one patch).
     """
 
+    @classmethod
+    def block_kwargs(cls, config: dict) -> dict:
+        return {"ssl": config["pretrain"]}
+
     def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
-                 predict: dict | None = None, ssl: dict | None = None):
+                 predict: dict | None = None, *, ssl: dict):
         # only the backbone is exported, and every detector kind builds the same one from the same
         # front-end, so pretraining always uses the plain multi-label detector (no class bands needed)
         model = dict(model, detector="multilabel")
         super().__init__(n_classes, model, optim, augment, loss, predict)
-        ssl = dict(ssl or {})
-        self.mask_ratio = float(ssl.get("mask_ratio", 0.6))
-        patch = ssl.get("mask_patch", (16, 16))
+        self.mask_ratio = float(ssl["mask_ratio"])
+        patch = ssl["mask_patch"]
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"pretrain.mask_ratio={self.mask_ratio}: must lie in (0, 1)")
         if len(patch) != 2 or min(int(p) for p in patch) < 1:
@@ -222,14 +225,14 @@ class PretrainStage(StageRun):
         container = OmegaConf.to_container(self.cfg, resolve=True)
         return self.module_class(n_classes=self.ctx.scheme.n_classes, model=container["model"], optim=container["optim"],
                                  augment=container["augment"], loss=container["loss"],
-                                 predict=container["predict"], ssl=container.get("pretrain") or {})
+                                 predict=container["predict"], **self.module_class.block_kwargs(container))
 
     def build_datamodule(self) -> RecordingCropDataModule:
-        cfg, ssl = self.cfg, self.cfg.get("pretrain") or {}
+        cfg, ssl = self.cfg, self.cfg.pretrain
         return RecordingCropDataModule(
             self.ctx.cache, self.recordings(), crop_seconds=float(cfg.crops.seconds),
-            sample_rate=int(cfg.audio.sample_rate), crops_per_recording=int(ssl.get("crops_per_recording", 4)),
-            val_crops_per_recording=int(ssl.get("val_crops_per_recording", 1)),
+            sample_rate=int(cfg.audio.sample_rate), crops_per_recording=int(ssl.crops_per_recording),
+            val_crops_per_recording=int(ssl.val_crops_per_recording),
             batch_size=int(cfg.loader.batch_size), num_workers=int(cfg.loader.num_workers))
 
     def build_trainer(self) -> pl.Trainer:

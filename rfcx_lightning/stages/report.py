@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..orchestration.leaderboard import read_score_table
-from ..orchestration.rounds import parse_round_name
+from ..workspace import parse_round_name
 from ..workspace import STATE_FILE, RunState, atomic_path, write_csv, write_text
 from .runner import clip_label_scores
 

@@ -99,9 +99,8 @@ class KFoldStage(StageRun):
             crop_seconds=float(cfg.crops.seconds), label_hz=float(cfg.crops.label_hz),
             sample_rate=int(cfg.audio.sample_rate), duration_s=float(cfg.data.duration_s),
             batch_size=int(cfg.loader.batch_size), predict_batch_size=int(cfg.loader.predict_batch_size),
-            num_workers=int(cfg.loader.num_workers), tp_repeat=int(cfg.crops.get("tp_repeat", 1)),
-            fp_fraction=float(cfg.crops.get("fp_fraction", 1.0)),
-            min_per_epoch=int(cfg.crops.get("min_per_epoch") or 0), seed=int(cfg.seed),
+            num_workers=int(cfg.loader.num_workers), tp_repeat=int(cfg.crops.tp_repeat),
+            fp_fraction=float(cfg.crops.fp_fraction), min_per_epoch=int(cfg.crops.min_per_epoch), seed=int(cfg.seed),
             predict_sets={"oof": ("train", held_out), "test": ("test", ctx.test_ids)})
 
     def build_trainer(self, fold: int, fold_dir: Path, writer: ShardedPredictionWriter) -> pl.Trainer:
@@ -215,7 +214,7 @@ class KFoldStage(StageRun):
 
     def calibrate(self, species_scores: np.ndarray) -> np.ndarray:
         """Odds scaling toward the class prior (``postprocess.odds_to_prior``); identity when off or no prior."""
-        if self.ctx.prior is None or not self.cfg.postprocess.get("odds_to_prior", False):
+        if self.ctx.prior is None or not self.cfg.postprocess.odds_to_prior:
             return species_scores
         return odds_scale_to_prior(species_scores, self.ctx.prior)
 
