@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rfcx_lightning.models.bands import BandDetector, band_matrices, class_bands_from_boxes
-from rfcx_lightning.models.detector import build_detector
+from rfcx_lightning.models.factory import build_detector
 
 FRONTEND = dict(n_fft=512, hop_length=320, n_mels=32, fmin=50.0, fmax=16000.0)
 BANDS = [[500.0, 1500.0], [2000.0, 4000.0], [6000.0, 9000.0]]

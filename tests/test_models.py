@@ -13,7 +13,8 @@ from rfcx_lightning.models.backbones import (
     create_backbone,
     load_pretrained,
 )
-from rfcx_lightning.models.detector import SpeciesDetector, backbone_kwargs, build_detector
+from rfcx_lightning.models.detector import SpeciesDetector
+from rfcx_lightning.models.factory import backbone_kwargs, build_detector
 from rfcx_lightning.models.heads import FramewiseHead, SEDAttentionHead, build_head
 
 SR = 32000

@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import soundfile as sf
 
 from ..inference import ShardedPredictionWriter
-from ..run import load_config
+from ..config import load_config
 from .memory import passthrough, subset_root
 from .procs import run_cli
 from .setup import BenchSetup

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from omegaconf import DictConfig
 
-from ..run import load_config
+from ..config import load_config
 from ..stages import stage_class
 from ..stages.context import StageContext, prepare_context
 from ..stages.runner import KFoldStage

@@ -33,6 +33,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from ..config import available_stages, load_config
 from ..loggers import build_logger
 from ..pseudo.teachers import teacher_weights
 from ..settings import from_block
@@ -74,8 +75,6 @@ class PipelineSettings:
 
     @classmethod
     def from_cfg(cls, block: DictConfig) -> "PipelineSettings":
-        from ..run import available_stages
-
         settings = from_block(cls, block, "pipeline")
         sequence = [settings.sequence] if isinstance(settings.sequence, str) else list(settings.sequence or [])
         if not sequence:
@@ -245,8 +244,6 @@ class PipelineStage:
 
     def round_config(self, kind: str, name: str) -> DictConfig:
         """The round's own recipe + the user's overrides + ``pipeline.overrides`` for its kind, then its name."""
-        from ..run import load_config
-
         extra = self.settings.overrides
         index = parse_round_name(name)[0]
         composed = load_config([f"stage={kind}", *self.overrides, *extra.get(kind, []), *extra.get(name, [])])

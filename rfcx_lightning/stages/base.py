@@ -18,7 +18,7 @@ from ..features.augment import mixup, waveform_gain_noise
 from ..inference import predict_framewise
 from ..losses import build_loss
 from ..metrics import MaskedFrameAUROC
-from ..models.detector import build_detector
+from ..models.factory import build_detector
 from ..models.init import apply_init_from
 from ..pseudo.targets import sample_pseudo_classes
 
