@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from .workspace import read_npz, write_npz
+from .workspace import rank_shard, read_npz, write_npz
 
 
 MODES = ("whole", "windows", "multiscale")
@@ -197,7 +197,7 @@ class ShardedPredictionWriter(BasePredictionWriter):
         """Write this rank's shard, wait for all ranks, merge on rank 0; returns the merged path."""
         assert self.out_path is not None, "call start() before trainer.predict"
         rank, world = trainer.global_rank, trainer.world_size
-        shard = self.out_path.with_name(f"{self.out_path.stem}.rank{rank}.npz")
+        shard = rank_shard(self.out_path, rank)
         if self._index:
             write_npz(shard, index=np.concatenate(self._index), framewise=np.concatenate(self._framewise),
                       clip=np.concatenate(self._clip))
@@ -206,7 +206,7 @@ class ShardedPredictionWriter(BasePredictionWriter):
                       clip=np.zeros((0, 0), np.float32))
         trainer.strategy.barrier("prediction-shards")
         if rank == 0:
-            shards = [self.out_path.with_name(f"{self.out_path.stem}.rank{r}.npz") for r in range(world)]
+            shards = [rank_shard(self.out_path, r) for r in range(world)]
             merge_shards(shards, self.out_path, self.recording_ids, extra or {})
             for path in shards:
                 path.unlink()

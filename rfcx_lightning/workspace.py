@@ -24,13 +24,21 @@ import pandas as pd
 
 STATE_FILE = "state.json"
 
+#: the one temporary-file scheme: ``.<final name>.<random>.tmp`` beside the final file (:func:`atomic_path`)
+TEMP_SUFFIX = ".tmp"
+_RANK_SHARD = re.compile(r"^.+\.rank\d+\.npz$")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto ``path`` only if the block finishes without error."""
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block finishes without error.
+
+    Every file the library writes goes through here (workspace outputs, the audio cache, folds.csv), so a
+    killed run leaves only names :func:`is_temporary` recognises, and :func:`remove_temporary_files` is
+    the one cleaner."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -39,6 +47,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def rank_shard(path: str | os.PathLike, rank: int) -> Path:
+    """``<stem>.rank<k>.npz`` beside ``path``: one DDP rank's part of a prediction file, merged by rank 0."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{int(rank)}.npz")
+
+
+def is_temporary(name: str) -> bool:
+    """A name a killed run may leave behind: an :func:`atomic_path` temporary or a :func:`rank_shard`."""
+    return (name.startswith(".") and name.endswith(TEMP_SUFFIX)) or _RANK_SHARD.match(name) is not None
+
+
+def remove_temporary_files(folder: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:
+    """Delete the temporary files under ``folder`` (recursively) older than ``older_than_s``; returns them.
+
+    Only safe where nothing else is writing, or with an age that a live writer cannot reach (the audio
+    cache's concurrent builders write one file in well under a minute)."""
+    now, removed = time.time(), []
+    for path in Path(folder).rglob("*"):
+        if is_temporary(path.name) and path.is_file():
+            try:
+                if now - path.stat().st_mtime >= older_than_s:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # another process cleaned it or renamed it into place
+                pass
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

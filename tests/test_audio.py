@@ -161,7 +161,7 @@ def test_cache_pickles_without_handles(tmp_path):
 
 def test_build_parallel_and_stale_temp_removed(tmp_path):
     cache = AudioCache(tmp_path / "cache")
-    stale = cache.root / "train" / ".x.npy.tmp-1-deadbeef"
+    stale = cache.root / "train" / ".x.npy.1a2b3c4d.tmp"            # workspace.atomic_path's temporary name
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half")
     old = time.time() - 7200

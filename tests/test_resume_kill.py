@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def leftovers(ws):
-    """Temporary files of the atomic writers (workspace.atomic_path: ``.<name>.<8 chars>.tmp``), the audio
-    cache (``.<name>.tmp-<pid>-<hex>``) and per-rank prediction shards."""
+    """Temporary files of the atomic writers (workspace.atomic_path: ``.<name>.<8 chars>.tmp``, which the
+    audio cache and folds.csv use too), older schemes (``.<name>.tmp-<pid>-<hex>``) and per-rank shards."""
     return [p for p in ws.rglob("*") if p.name.endswith(".tmp") or ".tmp-" in p.name or ".rank" in p.name]
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import time
-import uuid
 import warnings
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,10 +23,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..workspace import atomic_path, remove_temporary_files
+
 __all__ = ["AudioError", "AudioCache", "decode", "to_int16"]
 
 INT16_SCALE = 32767.0
-_TEMP_MARKER = ".tmp-"
 # Temp files older than this are leftovers of an interrupted build (a live build writes one file in
 # well under a minute); younger ones may belong to a concurrent builder and are left alone.
 _STALE_TEMP_AGE_S = 3600.0
@@ -143,27 +142,16 @@ def to_int16(audio: np.ndarray) -> tuple[np.ndarray, float, int]:
     return np.clip(scaled, -32768, 32767).astype(np.int16), gain, clipped
 
 
-def _is_temp_name(name: str) -> bool:
-    return name.startswith(".") and _TEMP_MARKER in name
-
-
 def _write_atomic(path: Path, array: np.ndarray) -> None:
     """Write `array` as .npy to a hidden temp name in the same directory, then os.replace it into place.
 
     os.replace within one directory is atomic, so a reader or a resumed build sees either no file or the
     complete one, never a half-written array.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}{_TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _build_one(out_path: str, flac_path: str, decode_kwargs: dict) -> tuple[str, float, int]:
@@ -278,19 +266,7 @@ class AudioCache:
         """
         if not self.root.is_dir():
             return 0
-        now, removed = time.time(), 0
-        for split_dir in self.root.iterdir():
-            if not split_dir.is_dir():
-                continue
-            for entry in split_dir.iterdir():
-                if _is_temp_name(entry.name) and entry.is_file():
-                    try:
-                        if now - entry.stat().st_mtime >= max_age_s:
-                            entry.unlink()
-                            removed += 1
-                    except FileNotFoundError:
-                        pass
-        return removed
+        return len(remove_temporary_files(self.root, older_than_s=max_age_s))
 
     def build(
         self,

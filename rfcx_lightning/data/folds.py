@@ -11,13 +11,13 @@ rounds) must see exactly the same split, or their held-out predictions leak.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+from ..workspace import atomic_path
 
 __all__ = ["load_or_make_folds", "make_folds", "stratification_matrix"]
 
@@ -100,12 +100,6 @@ def load_or_make_folds(path, recording_ids: list[str], boxes: pd.DataFrame, n_cl
         saved = pd.read_csv(path, dtype={"recording_id": str}, keep_default_na=False)
         return _check_folds(saved, recording_ids, n_folds, path)
     folds = make_folds(recording_ids, boxes, n_classes, n_folds, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_path(path) as tmp:
         folds.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return folds

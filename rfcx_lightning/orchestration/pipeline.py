@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from ..config import available_stages, load_config
 from ..loggers import build_logger
 from ..pseudo.teachers import teacher_weights
 from ..settings import from_block
-from ..workspace import RunState, atomic_path, write_csv
+from ..workspace import RunState, atomic_path, remove_temporary_files, write_csv
 from .ensemble import class_columns, ensemble_name, round_box_auroc, write_round_ensemble
 from .leaderboard import Leaderboard, build_leaderboard
 from .rounds import Decision, parse_round_name, plateau_decision, round_name
@@ -53,11 +52,6 @@ NOT_ROUNDS = frozenset({"pipeline", "detect", "report", "oracle"})
 
 #: override keys that belong to the pipeline recipe only and would break a round stage's composition
 PIPELINE_ONLY_KEYS = ("pipeline", "lb", "stage")
-
-# temporary names of the workspace's atomic writers: workspace.atomic_path (".<name>.<8 chars>.tmp"),
-# the audio cache (".<name>.tmp-<pid>-<hex>") and the prediction writer's per-rank shards
-_STALE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$|^\..+\.tmp-\d+-[0-9a-f]+$|^.+\.rank\d+\.npz$")
-
 
 @dataclass(frozen=True)
 class PipelineSettings:
@@ -160,11 +154,7 @@ def remove_stale_temps(workspace: Path) -> list[Path]:
     Only safe before anything else writes in the workspace, which is why the pipeline calls it on rank 0
     at start-up, before the first round (other DDP ranks start later, at the first ``fit``).
     """
-    removed = []
-    for path in workspace.rglob("*"):
-        if path.is_file() and _STALE.match(path.name):
-            path.unlink(missing_ok=True)
-            removed.append(path)
+    removed = remove_temporary_files(workspace)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", len(removed))
     return removed
