@@ -109,13 +109,17 @@ class CoteachModule(StageModule):
     independent AdamW updates, and checkpointing, resuming and AMP stay Lightning's.
     """
 
-    @classmethod
-    def block_kwargs(cls, config: dict) -> dict:
-        """The ``coteach:`` block, checked; a null ``peer_seed`` becomes ``seed + 1000``."""
+    @staticmethod
+    def settings_of(config: dict) -> CoteachSettings:
+        """The ``coteach:`` block of a resolved run config, checked; a null ``peer_seed`` becomes ``seed + 1000``."""
         settings = from_block(CoteachSettings, config["coteach"], "coteach")
         if settings.peer_seed is None:
             settings = dataclasses.replace(settings, peer_seed=int(config["seed"]) + 1000)
-        return {"coteach": dataclasses.asdict(settings)}  # a plain dict: the checkpoint's hyperparameters
+        return settings
+
+    @classmethod
+    def block_kwargs(cls, config: dict) -> dict:
+        return {"coteach": dataclasses.asdict(cls.settings_of(config))}  # a plain dict: checkpoint hyperparameters
 
     def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
                  predict: dict | None = None, *, coteach: dict):
@@ -281,10 +285,10 @@ class CoteachStage(KFoldStage):
         super().__init__(ctx, name)
         if "coteach" not in self.cfg:
             raise ValueError("stage=coteach needs a `coteach:` config block (see stages/stage/coteach.yaml)")
-        kwargs = CoteachModule.block_kwargs(OmegaConf.to_container(self.cfg, resolve=True))
-        self.settings = from_block(CoteachSettings, kwargs["coteach"], "coteach")
-        self.module_class = functools.partial(CoteachModule, **kwargs)
-        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(kwargs["coteach"], self.kind))
+        self.settings = CoteachModule.settings_of(OmegaConf.to_container(self.cfg, resolve=True))
+        block = dataclasses.asdict(self.settings)
+        self.module_class = functools.partial(CoteachModule, coteach=block)
+        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(block, self.kind))
         self.train_stack = self.teacher_set.load("train", ctx.train.recording_ids)
         self.test_source = None
         if self.settings.include_test:
