@@ -17,7 +17,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -149,6 +149,25 @@ def parse_round_name(name: str) -> tuple[int, str] | None:
     return (int(match["index"]), match["kind"]) if match else None
 
 
+def run_finished(entry: Mapping[str, Any]) -> bool:
+    """The one definition of a finished stage run: its ``state.json`` entry records ``outputs``.
+
+    A K-fold stage records them in ``finalize`` only after every fold is ``done`` and the merged files
+    exist, so a run killed at any point before reads as unfinished (and a standalone round resumes under
+    its name); folds alone never make a run finished.
+    """
+    return bool(entry.get("outputs"))
+
+
+def run_kind(name: str, entry: Mapping[str, Any]) -> str:
+    """A run's stage kind: its recorded config's ``stage.name``, else the kind in its round name, else its name."""
+    kind = ((entry.get("config") or {}).get("stage") or {}).get("name")
+    if kind:
+        return str(kind)
+    parsed = parse_round_name(name)
+    return parsed[1] if parsed else name
+
+
 def select_runs(available: Sequence[str], which: str | Sequence[str], what: str,
                 error: type[Exception] = ValueError) -> list[str]:
     """The run names a selection key means (``coteach.teachers``, ``postprocess.sources``, ...):
@@ -208,6 +227,14 @@ class RunState:
 
     def fold_done(self, stage: str, fold: int) -> bool:
         return self.fold(stage, fold).get("status") == "done"
+
+    def finished_runs(self, *files: str, references: bool = True) -> list[str]:
+        """Finished runs (:func:`run_finished`) that recorded every one of ``files`` among their outputs, in
+        the order ``state.json`` first listed them. ``references=False`` leaves out the runs flagged
+        ``"joins_pool": false`` (the oracle, trained on the hidden truth), which are yardsticks, never picks."""
+        return [name for name, entry in self.data.get("stages", {}).items()
+                if run_finished(entry) and all(f in entry["outputs"] for f in files)
+                and (references or entry.get("joins_pool") is not False)]
 
     def relative(self, path: str | os.PathLike) -> str:
         path = Path(path)

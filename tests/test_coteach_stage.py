@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rfcx_lightning.data.audio import AudioCache
-from rfcx_lightning.data.datamodule import FoldDataModule, RecordingSet, box_anchors
+from rfcx_lightning.data.datamodule import RecordingSet, box_anchors
 from rfcx_lightning.data.labels import BoxIndex
 from rfcx_lightning.pseudo.crops import PseudoCropDataset, RandomCropSource, mix_crops
 from rfcx_lightning.pseudo.pool import PoolError, PseudoLabelPool, TeacherStack
@@ -132,10 +132,10 @@ def test_items_are_fixed_by_seed_epoch_and_index(crop_world):
 def test_random_crops_never_use_the_held_out_fold(crop_world):
     cache, train, train_stack, _ = crop_world
     fold_of = np.array([0, 1, 1])
-    base = FoldDataModule(cache, train, fold_of, fold=0, n_classes=C, crop_seconds=CROP, label_hz=10,
-                          sample_rate=SR, duration_s=DURATION, batch_size=4, predict_batch_size=2, num_workers=0)
     settings = from_block(CoteachSettings, coteach_block(p_box_crop=0.5), "coteach")
-    datamodule = CoteachDataModule(base, train_stack, None, settings)
+    datamodule = CoteachDataModule(train_stack, None, settings, cache=cache, train=train, fold_of_recording=fold_of,
+                                   fold=0, n_classes=C, crop_seconds=CROP, label_hz=10, sample_rate=SR,
+                                   duration_s=DURATION, batch_size=4, predict_batch_size=2, num_workers=0)
     dataset = datamodule.train_dataset(n_frames=N_FRAMES)
     used = set()
     for i in range(300):

@@ -328,7 +328,8 @@ def test_source_resolution(tmp_path):
     from rfcx_lightning.workspace import RunState
 
     def run(kind, done=True, **extra):
-        return {"config": {"stage": {"name": kind}}, "outputs": {}, "metrics": {},
+        return {"config": {"stage": {"name": kind}}, "metrics": {},
+                "outputs": {"submission.csv": f"{kind}/submission.csv"} if done else {},
                 "folds": {"0": {"status": "done" if done else "trained"}}, **extra}
 
     state = RunState(tmp_path)

@@ -155,16 +155,15 @@ def test_student_starts_from_the_newest_fitting_teacher_of_its_fold(tmp_path):
     assert stage.teacher_checkpoint(0) == tmp_path / "round2_coteach/fold0/checkpoints/last.ckpt"
     assert stage.teacher_checkpoint(1) is None
     model = {"detector": "multilabel", "backbone": backbone}
-    stage._fold = 0
-    assert stage.model_config(model)["init_from"] == str(tmp_path / "round2_coteach/fold0/checkpoints/last.ckpt")
+    assert stage.model_config(model, fold=0)["init_from"] == str(tmp_path / "round2_coteach/fold0/checkpoints/last.ckpt")
     assert stage.state.fold("round4_ns", 0)["init_from"] == "round2_coteach/fold0/checkpoints/last.ckpt"
-    stage._fold = 1
     with pytest.raises(ValueError, match="noisy_student.init=teacher: no teacher of round4_ns has a fold-1"):
-        stage.model_config(model)
+        stage.model_config(model, fold=1)
+    assert "init_from" not in stage.model_config(model)                  # outside a fold: nothing to start from
     stage.init_mode = "auto"
-    assert "init_from" not in stage.model_config(model)
-    stage.init_mode, stage._fold = "scratch", 0
-    assert "init_from" not in stage.model_config(model)
+    assert "init_from" not in stage.model_config(model, fold=1)
+    stage.init_mode = "scratch"
+    assert "init_from" not in stage.model_config(model, fold=0)
 
 
 def test_unknown_init_mode_is_refused(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from rfcx_lightning.postprocess import odds_scale_to_prior
 from rfcx_lightning.pseudo.pool import PoolError, PseudoLabelPool, TeacherStack, calibrate, localize
 from rfcx_lightning.pseudo.targets import crop_targets
-from rfcx_lightning.pseudo.teachers import TeacherSet, TeacherSettings, box_auroc, sharpen, teacher_weights
+from rfcx_lightning.pseudo.teachers import TeacherKeys, TeacherSet, TeacherSettings, box_auroc, sharpen, teacher_weights
 from rfcx_lightning.workspace import RunState
 
 from .test_pool import C, IDS, write_stage
@@ -30,21 +30,49 @@ def test_sharpen_is_a_power_that_keeps_order_and_the_identity_at_one():
         sharpen(p, 0.0)
 
 
+def keys(**values) -> TeacherKeys:
+    """A parsed stage block with the YAML's defaults (stages/stage/coteach.yaml) and ``values`` over them."""
+    block = dict(teachers="all", teacher="mean", calibrate="prior", sharpen=1.0, weights="equal",
+                 frame_targets="scaled")
+    return TeacherKeys(**{**block, **values})
+
+
+def settings(**values) -> TeacherSettings:
+    return TeacherSettings.of(keys(**values), "coteach")
+
+
 def test_settings_are_checked_with_the_stage_named():
-    s = TeacherSettings.from_block({"teachers": ["a", "b"], "calibrate": "Estimated", "sharpen": 0.65}, "coteach")
-    assert s == TeacherSettings(teachers=("a", "b"), calibrate="estimated", sharpen=0.65)
-    assert TeacherSettings.from_block({"calibrate": None}, "x", default_teachers="all").teachers == "all"
-    assert TeacherSettings.from_block({"calibrate": "null", "sharpen": None}, "x").calibrate == "none"
+    s = TeacherSettings.of(keys(teachers=["a", "b"], calibrate="Estimated", sharpen=0.65), "coteach")
+    assert s == TeacherSettings(teachers=("a", "b"), calibrate="estimated", sharpen=0.65, frame_targets="scaled",
+                                weights="equal")
+    assert settings(calibrate=None, sharpen=None) == settings(calibrate="none", sharpen=1.0)
+    assert settings(calibrate="null").calibrate == "none"
     with pytest.raises(ValueError, match="noisy_student.calibrate='odds': choose one of prior, estimated, none"):
-        TeacherSettings.from_block({"calibrate": "odds"}, "noisy_student")
+        TeacherSettings.of(keys(calibrate="odds"), "noisy_student")
     with pytest.raises(ValueError, match=r"coteach.sharpen=-1.0: the temperature"):
-        TeacherSettings.from_block({"sharpen": -1}, "coteach")
+        settings(sharpen=-1)
     with pytest.raises(ValueError, match="coteach.weights='mean': choose one of equal, best, skill"):
-        TeacherSettings.from_block({"weights": "mean"}, "coteach")
+        settings(weights="mean")
     with pytest.raises(ValueError, match="coteach.frame_targets='odds': choose one of scaled, localized"):
-        TeacherSettings.from_block({"frame_targets": "odds"}, "coteach")
-    assert TeacherSettings.from_block({"weights": "best", "frame_targets": "localized"}, "x") == \
-        TeacherSettings(weights="best", frame_targets="localized")
+        settings(frame_targets="odds")
+    with pytest.raises(ValueError, match="coteach.teachers is empty"):
+        settings(teachers=None)
+
+
+def test_the_stage_blocks_hold_every_teacher_key():
+    """The YAML is where the defaults live: each pool stage's block parses into its settings with no fallback."""
+    from rfcx_lightning.config import load_config
+    from rfcx_lightning.stages.coteach import CoteachModule
+    from rfcx_lightning.stages.noisy_student import NoisyStudentSettings
+    from rfcx_lightning.settings import from_block
+
+    from omegaconf import OmegaConf
+
+    coteach = CoteachModule.settings_of(OmegaConf.to_container(load_config(["stage=coteach"]), resolve=True))
+    assert TeacherSettings.of(coteach, "coteach").teachers == "all"
+    noisy = from_block(NoisyStudentSettings, OmegaConf.to_container(
+        load_config(["stage=noisy_student"]).noisy_student, resolve=True), "noisy_student")
+    assert TeacherSettings.of(noisy, "noisy_student").calibrate == "prior"
 
 
 def test_localized_frames_keep_where_from_the_frames_and_how_likely_from_the_clip():
@@ -117,7 +145,7 @@ def test_all_teachers_are_the_mean_of_their_calibrated_probabilities(two_teacher
     by the stages' 'mean' teacher."""
     prior = np.array([0.9, 0.2, 0.05])
     stage = FakeStage(two_teachers, prior=prior)
-    teachers = TeacherSet(stage, TeacherSettings(teachers="all", calibrate="prior", sharpen=0.5))
+    teachers = TeacherSet(stage, settings(teachers="all", calibrate="prior", sharpen=0.5))
     stack = teachers.load("train", IDS)
     assert stack.names == ["round0_template", "round1_bootstrap"]
     raw = PseudoLabelPool(two_teachers, writable=False).load(teachers.entries(), "train", IDS)
@@ -131,24 +159,24 @@ def test_all_teachers_are_the_mean_of_their_calibrated_probabilities(two_teacher
 
 def test_the_choice_is_pinned_and_never_includes_the_run_itself(two_teachers):
     stage = FakeStage(two_teachers, name="round1_bootstrap")
-    teachers = TeacherSet(stage, TeacherSettings(teachers="all", calibrate="none"))
+    teachers = TeacherSet(stage, settings(teachers="all", calibrate="none"))
     assert [e.name for e in teachers.entries()] == ["round0_template"]       # never itself
     assert RunState(two_teachers).stage("round1_bootstrap")["teachers"] == ["round0_template"]
     paths = write_stage(two_teachers, "round2_coteach", 9)                   # the pool grows ...
     PseudoLabelPool(two_teachers).add("round2_coteach", "coteach", paths["oof"], paths["test"])
-    again = TeacherSet(FakeStage(two_teachers, name="round1_bootstrap"), TeacherSettings(teachers="all"))
+    again = TeacherSet(FakeStage(two_teachers, name="round1_bootstrap"), settings(teachers="all"))
     assert [e.name for e in again.entries()] == ["round0_template"]           # ... a resumed run keeps its set
     with pytest.raises(ValueError, match="coteach.calibrate=prior needs score.prior"):
-        TeacherSet(FakeStage(two_teachers), TeacherSettings(calibrate="prior")).prior()
+        TeacherSet(FakeStage(two_teachers), settings(calibrate="prior")).prior()
     with pytest.raises(PoolError, match="stage=coteach: pool has no teacher named"):
-        TeacherSet(FakeStage(two_teachers, name="round5_coteach"), TeacherSettings(teachers=("nope",))).entries()
+        TeacherSet(FakeStage(two_teachers, name="round5_coteach"), settings(teachers=("nope",))).entries()
 
 
 def test_weighted_teachers_become_one_and_the_weights_are_recorded(two_teachers):
     """weights=best keeps the teacher whose OOF frames rank the TP boxes above the FP boxes; state.json says why."""
     stage = FakeStage(two_teachers, prior=np.array([0.9, 0.2, 0.05]))
     raw = PseudoLabelPool(two_teachers, writable=False).load(
-        TeacherSet(stage, TeacherSettings(teachers="all")).entries(), "train", IDS)
+        TeacherSet(stage, settings(teachers="all")).entries(), "train", IDS)
     f = raw.framewise.astype(np.float32)                  # boxes where teacher 1 is right and teacher 0 wrong
     rows = []
     for r, rid in enumerate(IDS):
@@ -158,10 +186,10 @@ def test_weighted_teachers_become_one_and_the_weights_are_recorded(two_teachers)
     boxes = pd.DataFrame(rows, columns=["recording_id", "class_index", "t_min", "t_max", "is_tp"])
     stage.ctx.boxes, stage.ctx.train = boxes, SimpleNamespace(recording_ids=IDS)
     stage.cfg = SimpleNamespace(data=SimpleNamespace(duration_s=60.0))
-    teachers = TeacherSet(stage, TeacherSettings(teachers="all", calibrate="none", weights="best"))
+    teachers = TeacherSet(stage, settings(teachers="all", calibrate="none", weights="best"))
     stack = teachers.load("test", IDS)
     assert stack.n_teachers == 1 and stack.names == ["1.00*round1_bootstrap"]
-    alone = TeacherSet(FakeStage(two_teachers, name="x"), TeacherSettings(teachers=("round1_bootstrap",),
+    alone = TeacherSet(FakeStage(two_teachers, name="x"), settings(teachers=("round1_bootstrap",),
                                                                         calibrate="none")).load("test", IDS)
     np.testing.assert_allclose(stack.framewise.astype(np.float32), alone.framewise.astype(np.float32), atol=1e-3)
     record = RunState(two_teachers).stage("round2_coteach")["teacher_weights"]

@@ -25,7 +25,7 @@ from .timing import timed
 
 def load_module(setup: BenchSetup, checkpoint: Path | None, trained=None):
     """The model to predict with: a checkpoint's weights, else ``trained``, else freshly initialised."""
-    module = setup.stage.build_module()
+    module = setup.stage.build_module(fold=0)
     source = "freshly initialised (untrained)"
     if checkpoint is not None:
         checkpoint = Path(checkpoint)

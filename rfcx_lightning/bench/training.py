@@ -93,9 +93,9 @@ def _trainer(setup: BenchSetup, steps: int, timer: StepTimes, name: str) -> pl.T
                       callbacks=[timer], default_root_dir=str(setup.ctx.workspace / "bench" / name))
 
 
-def _fresh_module(setup: BenchSetup, seed: int):
+def _fresh_module(setup: BenchSetup, seed: int, fold: int):
     torch.manual_seed(seed)
-    return setup.stage.build_module()
+    return setup.stage.build_module(fold)
 
 
 def bench_training(setup: BenchSetup, steps: int = 30, warmup: int = 5, rounds: int = 2, fold: int = 0,
@@ -118,7 +118,7 @@ def bench_training(setup: BenchSetup, steps: int = 30, warmup: int = 5, rounds: 
     for r in range(rounds):
         for variant in ("premade", "full"):
             timer = StepTimes()
-            module = _fresh_module(setup, seed)
+            module = _fresh_module(setup, seed, fold)
             trainer = _trainer(setup, steps, timer, variant)
             if variant == "full":
                 trainer.fit(module, datamodule=setup.stage.build_datamodule(fold))

@@ -44,7 +44,7 @@ from ..inference import WindowStitcher, combine_scales, window_probabilities
 from ..postprocessing.chain import Option, fold_clip_scores
 from ..postprocessing.ensemble import ensemble
 from ..settings import from_block
-from ..workspace import RunState, read_npz, write_csv, write_json, write_npz
+from ..workspace import RunState, read_npz, run_finished, run_kind, write_csv, write_json, write_npz
 from .audio import AudioStream, list_audio
 from .data import WindowStream, prediction_passes
 from .events import ThresholdRule, class_thresholds, merge_events
@@ -67,10 +67,7 @@ def resolve_source(state: RunState, source: str) -> str:
     stages = state.data.get("stages", {})
 
     def finished(name: str) -> bool:
-        record = stages.get(name) or {}
-        kind = ((record.get("config") or {}).get("stage") or {}).get("name")
-        folds = record.get("folds") or {}
-        return kind not in NOT_DETECTORS and bool(folds) and all(f.get("status") == "done" for f in folds.values())
+        return run_finished(stages.get(name) or {}) and run_kind(name, stages[name]) not in NOT_DETECTORS
 
     if source == "best":
         best = (state.data.get("pipeline") or {}).get("best")
@@ -81,7 +78,7 @@ def resolve_source(state: RunState, source: str) -> str:
             source = best
         else:
             # runs flagged "joins_pool": false (the oracle, trained on hidden truth) are references, not picks
-            done = [name for name in stages if finished(name) and stages[name].get("joins_pool") is not False]
+            done = [name for name in state.finished_runs(references=False) if finished(name)]
             if not done:
                 raise DetectError(f"{state.path}: no finished stage run to detect with; run stage=bootstrap "
                                   "(or the pipeline) in this workspace first")
@@ -89,8 +86,8 @@ def resolve_source(state: RunState, source: str) -> str:
     if source not in stages:
         raise DetectError(f"detect.source={source!r}: {state.path} has no such run; it has {sorted(stages)}")
     if not finished(source):
-        raise DetectError(f"detect.source={source!r}: not a finished stage run with fold models (every fold "
-                          f"'done'); see {state.path}")
+        raise DetectError(f"detect.source={source!r}: not a finished stage run with fold models (its "
+                          f"outputs recorded); see {state.path}")
     return source
 
 

@@ -12,17 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..workspace import parse_round_name, round_name
+from ..workspace import parse_round_name, round_name, run_finished
 
-__all__ = ["ROUND_KINDS", "parse_round_name", "round_name", "stage_finished", "next_round_name"]
+__all__ = ["ROUND_KINDS", "parse_round_name", "round_name", "next_round_name"]
 
 #: stages that learn from the pseudo-label pool of earlier rounds; run alone, they are named as rounds
 ROUND_KINDS = frozenset({"coteach", "noisy_student"})
-
-
-def stage_finished(stage_state: Mapping[str, Any]) -> bool:
-    """A stage run is finished once ``KFoldStage.finalize`` recorded its outputs."""
-    return bool(stage_state.get("outputs"))
 
 
 def next_round_name(stages: Mapping[str, Mapping[str, Any]], kind: str) -> str:
@@ -36,14 +31,14 @@ def next_round_name(stages: Mapping[str, Mapping[str, Any]], kind: str) -> str:
     if stages:
         last_name, last_state = list(stages.items())[-1]
         parsed = parse_round_name(last_name)
-        if parsed and parsed[1] == kind and not stage_finished(last_state):
+        if parsed and parsed[1] == kind and not run_finished(last_state):
             return last_name
     highest = -1
     for name, stage_state in stages.items():
         parsed = parse_round_name(name)
         if parsed is not None:
             highest = max(highest, parsed[0])
-        elif stage_finished(stage_state):
+        elif run_finished(stage_state):
             highest = max(highest, 0)
     return round_name(highest + 1, kind)
 

@@ -31,19 +31,13 @@ class StageOutputs:
 
 
 def finished_stages(state: RunState, exclude: Sequence[str] = ()) -> list[str]:
-    """Stage runs with framewise outputs, in the order they were first recorded in ``state.json``.
+    """Finished runs with framewise outputs (OOF and test), in run order, less ``exclude``.
 
     Runs flagged ``"joins_pool": false`` (the oracle, trained on the hidden truth) are never sources: as
     ``latest`` the oracle would otherwise become the post-processed ``W/submission.csv``.
     """
-    names = []
-    for name, entry in state.data.get("stages", {}).items():
-        outputs = entry.get("outputs", {})
-        if entry.get("joins_pool") is False:
-            continue
-        if name not in exclude and "oof_framewise.npz" in outputs and "test_framewise.npz" in outputs:
-            names.append(name)
-    return names
+    return [name for name in state.finished_runs("oof_framewise.npz", "test_framewise.npz", references=False)
+            if name not in exclude]
 
 
 def resolve_sources(state: RunState, sources, exclude: Sequence[str] = ()) -> list[str]:

@@ -60,7 +60,7 @@ def sharpen(probabilities: np.ndarray, temperature: float) -> np.ndarray:
 @dataclass(frozen=True)
 class TeacherKeys:
     """The teacher keys every pool stage block has (``coteach:``, ``noisy_student:``), as written there;
-    stage settings classes extend it and :meth:`TeacherSettings.from_block` checks the values."""
+    stage settings classes extend it and :meth:`TeacherSettings.of` checks the values."""
 
     teachers: Any                 # latest | all | [name, ...]
     teacher: str                  # mean | sample: how several teachers make one target
@@ -72,37 +72,41 @@ class TeacherKeys:
 
 @dataclass(frozen=True)
 class TeacherSettings:
-    """The teacher keys of a stage block (``coteach:`` or ``noisy_student:``), checked."""
+    """The teacher keys of a stage block (``coteach:`` or ``noisy_student:``), checked and normalised.
 
-    teachers: str | tuple[str, ...] = "latest"
-    calibrate: str = "prior"
-    sharpen: float = 1.0
-    frame_targets: str = "scaled"
-    weights: str = "equal"
+    No defaults here: every value comes from the stage's YAML block (``stages/stage/*.yaml``), where each
+    default is written once; :func:`rfcx_lightning.settings.from_block` has already failed on a missing key.
+    """
+
+    teachers: str | tuple[str, ...]
+    calibrate: str
+    sharpen: float
+    frame_targets: str
+    weights: str
 
     @classmethod
-    def from_block(cls, block: dict, stage: str, default_teachers: str = "latest") -> "TeacherSettings":
-        teachers = block.get("teachers") or default_teachers
+    def of(cls, keys: TeacherKeys, stage: str) -> "TeacherSettings":
+        """Check the values of a parsed stage block (``CoteachSettings``, ``NoisyStudentSettings``)."""
+        teachers = keys.teachers
+        if teachers is None or (isinstance(teachers, str) and not teachers):
+            raise ValueError(f"{stage}.teachers is empty: give latest, all or a list of run names")
         if not isinstance(teachers, str):
             teachers = tuple(str(t) for t in teachers)
-        calibrate = str(block.get("calibrate", "prior")).lower()
-        if calibrate in ("null", "false"):
+        calibrate = str(keys.calibrate).lower()
+        if calibrate in ("null", "false", "none"):
             calibrate = "none"
         if calibrate not in CALIBRATIONS:
-            raise ValueError(f"{stage}.calibrate={block.get('calibrate')!r}: choose one of {', '.join(CALIBRATIONS)}")
-        temperature = block.get("sharpen", 1.0)
-        temperature = 1.0 if temperature is None else float(temperature)
+            raise ValueError(f"{stage}.calibrate={keys.calibrate!r}: choose one of {', '.join(CALIBRATIONS)}")
+        temperature = 1.0 if keys.sharpen is None else float(keys.sharpen)
         if not temperature > 0:
             raise ValueError(f"{stage}.sharpen={temperature}: the temperature T of p ** (1/T) must be > 0 "
                              "(1: off, < 1: sharper)")
-        frame_targets = str(block.get("frame_targets") or "scaled")
-        if frame_targets not in FRAME_TARGETS:
-            raise ValueError(f"{stage}.frame_targets={frame_targets!r}: choose one of {', '.join(FRAME_TARGETS)}")
-        weights = str(block.get("weights") or "equal")
-        if weights not in WEIGHTS:
-            raise ValueError(f"{stage}.weights={weights!r}: choose one of {', '.join(WEIGHTS)}")
-        return cls(teachers=teachers, calibrate=calibrate, sharpen=temperature, frame_targets=frame_targets,
-                   weights=weights)
+        if keys.frame_targets not in FRAME_TARGETS:
+            raise ValueError(f"{stage}.frame_targets={keys.frame_targets!r}: choose one of {', '.join(FRAME_TARGETS)}")
+        if keys.weights not in WEIGHTS:
+            raise ValueError(f"{stage}.weights={keys.weights!r}: choose one of {', '.join(WEIGHTS)}")
+        return cls(teachers=teachers, calibrate=calibrate, sharpen=temperature, frame_targets=keys.frame_targets,
+                   weights=keys.weights)
 
 
 def box_auroc(framewise: np.ndarray, recording_ids: Sequence[str], boxes, duration_s: float) -> float:

@@ -9,7 +9,6 @@ fires on it over a whole minute (docs/results.md "Bootstrap fold-0 diagnosis").
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import torch
@@ -57,13 +56,12 @@ class BootstrapStage(KFoldStage):
     """K folds of :class:`BootstrapModule` on TP/FP crops; the data module and runner are the shared ones."""
 
     kind = "bootstrap"
-    module_class = BootstrapModule   # replaced per run by a partial carrying the negatives settings
+    module_class = BootstrapModule
 
-    def __init__(self, ctx, name: str | None = None):
-        super().__init__(ctx, name)
-        negatives = self.cfg.negatives
+    def module_kwargs(self, fold: int) -> dict:
+        """The ``negatives:`` block: implied negatives per crop and their class weights (prior-scaled)."""
+        negatives, ctx = self.cfg.negatives, self.ctx
         prior = None if ctx.prior is None else ctx.prior[ctx.scheme.species_of_class]
-        self.module_class = functools.partial(
-            BootstrapModule, negatives_per_crop=int(negatives.per_crop),
-            negative_weights=negative_class_weights(negatives.weight, bool(negatives.prior_scaled), prior,
-                                                    ctx.scheme.n_classes))
+        return dict(negatives_per_crop=int(negatives.per_crop),
+                    negative_weights=negative_class_weights(negatives.weight, bool(negatives.prior_scaled), prior,
+                                                            ctx.scheme.n_classes))

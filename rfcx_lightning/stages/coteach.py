@@ -16,7 +16,6 @@ Outputs are those of every K-fold stage (OOF and test framewise predictions, ``o
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -215,18 +214,14 @@ class CoteachDataModule(FoldDataModule):
     """The runner's fold data module (validation on the held-out fold's TP/FP crops, prediction sets),
     with training items from :class:`~rfcx_lightning.pseudo.crops.PseudoCropDataset`.
 
-    Built from the runner's :class:`FoldDataModule` so folds, crops and loaders are configured in one
-    place. Random crops never come from the held-out fold: its out-of-fold predictions must not have seen
-    its audio.
+    Built from the runner's fold arguments (``KFoldStage.fold_data_kwargs``) so folds, crops and loaders
+    are configured in one place. Random crops never come from the held-out fold: its out-of-fold
+    predictions must not have seen its audio.
     """
 
-    def __init__(self, base: FoldDataModule, train_stack: TeacherStack, test_source: RandomCropSource | None,
-                 settings: CoteachSettings):
-        crop = {k: v for k, v in base.crop_kwargs.items() if k != "n_classes"}
-        super().__init__(base.cache, base.train_set, base.fold_of_recording, base.fold, base.n_classes, **crop,
-                         batch_size=base.batch_size, predict_batch_size=base.predict_batch_size,
-                         num_workers=base.num_workers, tp_repeat=base.tp_repeat, fp_fraction=base.fp_fraction,
-                         seed=base.seed, predict_sets=base.predict_sets, min_per_epoch=base.min_per_epoch)
+    def __init__(self, train_stack: TeacherStack, test_source: RandomCropSource | None, settings: CoteachSettings,
+                 **fold_data: Any):
+        super().__init__(**fold_data)
         self.train_stack = train_stack
         self.test_source = test_source
         self.settings = settings
@@ -286,14 +281,15 @@ class CoteachStage(KFoldStage):
         if "coteach" not in self.cfg:
             raise ValueError("stage=coteach needs a `coteach:` config block (see stages/stage/coteach.yaml)")
         self.settings = CoteachModule.settings_of(OmegaConf.to_container(self.cfg, resolve=True))
-        block = dataclasses.asdict(self.settings)
-        self.module_class = functools.partial(CoteachModule, coteach=block)
-        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(block, self.kind))
+        self.teacher_set = TeacherSet(self, TeacherSettings.of(self.settings, self.kind))
         self.train_stack = self.teacher_set.load("train", ctx.train.recording_ids)
         self.test_source = None
         if self.settings.include_test:
             test_stack = self.teacher_set.load("test", ctx.test_ids)
             self.test_source = RandomCropSource("test", tuple(ctx.test_ids), test_stack, None)
 
+    def module_kwargs(self, fold: int) -> dict:
+        return {"coteach": dataclasses.asdict(self.settings)}
+
     def build_datamodule(self, fold: int) -> CoteachDataModule:
-        return CoteachDataModule(super().build_datamodule(fold), self.train_stack, self.test_source, self.settings)
+        return CoteachDataModule(self.train_stack, self.test_source, self.settings, **self.fold_data_kwargs(fold))

@@ -40,8 +40,6 @@ slightly optimistic (the usual price of OOF pseudo labels; test scores are unaff
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,13 +245,11 @@ class NoisyStudentStage(KFoldStage):
         self.box_weight = self.options.box_weight
         if self.box_weight < 0:
             raise ValueError(f"noisy_student.box_weight={self.box_weight}: must be >= 0 (0: clip labels only)")
-        self.module_class = functools.partial(NoisyStudentModule, box_weight=self.box_weight)
         self.init_mode = self.options.init
         if self.init_mode not in INIT_MODES:
             raise ValueError(f"noisy_student.init={self.init_mode!r}: choose one of {', '.join(INIT_MODES)}")
-        self._fold: int | None = None
         self._stacks: dict[str, TeacherStack] | None = None
-        self.teacher_set = TeacherSet(self, TeacherSettings.from_block(dataclasses.asdict(self.options), self.kind))
+        self.teacher_set = TeacherSet(self, TeacherSettings.of(self.options, self.kind))
 
     def student_config(self):
         """The run config with the student's overrides applied (so ``state.json`` records what ran)."""
@@ -298,29 +294,26 @@ class NoisyStudentStage(KFoldStage):
                 return path
         return None
 
-    def model_config(self, model: dict) -> dict:
-        """The run's model block; with ``init`` other than ``scratch``, started from the fold's teacher."""
-        model = super().model_config(model)
-        if self.init_mode == "scratch" or self._fold is None:
+    def module_kwargs(self, fold: int) -> dict:
+        return {"box_weight": self.box_weight}
+
+    def model_config(self, model: dict, fold: int | None = None) -> dict:
+        """The run's model block; with ``init`` other than ``scratch``, fold ``k`` starts from the teacher's
+        fold ``k`` (never another fold's model: its OOF predictions would not be out of fold)."""
+        model = super().model_config(model, fold)
+        if self.init_mode == "scratch" or fold is None:
             return model
-        path = self.teacher_checkpoint(self._fold)
+        path = self.teacher_checkpoint(fold)
         if path is None:
             if self.init_mode == "teacher":
-                raise ValueError(f"noisy_student.init=teacher: no teacher of {self.name} has a fold-{self._fold} "
+                raise ValueError(f"noisy_student.init=teacher: no teacher of {self.name} has a fold-{fold} "
                                  f"checkpoint of backbone {self.cfg.model.backbone!r} (template teachers have "
                                  "none); use noisy_student.init=scratch or auto")
             log.warning("%s fold %d: no teacher checkpoint fits backbone %s; the student starts from scratch",
-                        self.name, self._fold, self.cfg.model.backbone)
+                        self.name, fold, self.cfg.model.backbone)
             return model
-        self.state.update_fold(self.name, self._fold, init_from=self.state.relative(path))
+        self.state.update_fold(self.name, fold, init_from=self.state.relative(path))
         return dict(model, init_from=str(path))
-
-    def run_fold(self, fold: int) -> None:
-        self._fold = fold  # model_config needs it: each fold starts from its own teacher fold
-        try:
-            super().run_fold(fold)
-        finally:
-            self._fold = None
 
     # -- builders ---------------------------------------------------------------------------------------
     def build_datamodule(self, fold: int) -> WeakClipDataModule:

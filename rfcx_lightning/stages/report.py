@@ -40,8 +40,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..orchestration.leaderboard import read_score_table
-from ..workspace import parse_round_name
-from ..workspace import STATE_FILE, RunState, atomic_path, write_csv, write_text
+from ..workspace import STATE_FILE, RunState, atomic_path, parse_round_name, run_kind, write_csv, write_text
 from .runner import clip_label_scores
 
 log = logging.getLogger(__name__)
@@ -63,15 +62,6 @@ class ReportRun:
     files: dict[str, Path] = field(default_factory=dict)   # file name -> path (only the files that exist)
     wall_seconds: float | None = None
     note: str = ""
-
-
-def run_kind(name: str, entry: dict[str, Any]) -> str:
-    """A run's stage kind: its recorded config's ``stage.name``, else the kind in its round name, else its name."""
-    kind = ((entry.get("config") or {}).get("stage") or {}).get("name")
-    if kind:
-        return str(kind)
-    parsed = parse_round_name(name)
-    return parsed[1] if parsed else name
 
 
 def _files(state: RunState, entry: dict[str, Any] | None, folder: Path) -> dict[str, Path]:

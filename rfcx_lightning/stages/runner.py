@@ -60,7 +60,9 @@ class StageRun:
 
 
 class KFoldStage(StageRun):
-    """Subclasses set ``kind`` and ``module_class`` (and may override the datamodule or module builders).
+    """Subclasses set ``kind`` and ``module_class`` and change a fold through the hooks below, each of which
+    takes the fold: ``module_kwargs`` (the stage's own module settings), ``model_config`` (e.g. a student
+    fold started from its teacher's fold), ``build_datamodule`` (other training items).
 
     ``joins_pool = False`` marks a reference run that learnt from labels no real task has (the oracle,
     trained on the synthetic truth): its predictions must never teach a later round, so it is not added to
@@ -71,16 +73,22 @@ class KFoldStage(StageRun):
     module_class: type[StageModule] = StageModule
     joins_pool: bool = True
 
-    # -- builders (override in a stage to change targets or data) --------------------------------------
-    def build_module(self) -> StageModule:
-        cfg = self.cfg
-        container = OmegaConf.to_container(cfg, resolve=True)
-        return self.module_class(n_classes=self.ctx.scheme.n_classes, model=self.model_config(container["model"]),
+    # -- builders: the per-fold hooks a stage overrides ---------------------------------------------------
+    def build_module(self, fold: int) -> StageModule:
+        """The fold's module: the shared config blocks, ``model_config(fold)`` and ``module_kwargs(fold)``."""
+        container = OmegaConf.to_container(self.cfg, resolve=True)
+        return self.module_class(n_classes=self.ctx.scheme.n_classes, model=self.model_config(container["model"], fold),
                                  optim=container["optim"], augment=container["augment"],
-                                 loss=container["loss"], predict=container["predict"])
+                                 loss=container["loss"], predict=container["predict"], **self.module_kwargs(fold))
 
-    def model_config(self, model: dict) -> dict:
-        """The ``model:`` block plus what the data decides: each class's band for the band detectors."""
+    def module_kwargs(self, fold: int) -> dict[str, Any]:
+        """The stage's own constructor arguments of ``module_class`` (its settings block); none by default."""
+        return {}
+
+    def model_config(self, model: dict, fold: int | None = None) -> dict:
+        """The ``model:`` block plus what the data decides: each class's band for the band detectors.
+
+        ``fold`` is the fold the module is built for (``None`` outside a fold, e.g. for the band table)."""
         if str(model.get("detector") or "multilabel").startswith("band") and not model.get("class_bands"):
             model = dict(model, class_bands=class_bands_from_boxes(self.band_boxes, self.ctx.scheme.n_classes))
         return model
@@ -91,17 +99,23 @@ class KFoldStage(StageRun):
         unless a stage trains on other labels but must keep the bootstrap's network input (the oracle)."""
         return self.ctx.boxes
 
-    def build_datamodule(self, fold: int) -> FoldDataModule:
+    def fold_data_kwargs(self, fold: int) -> dict[str, Any]:
+        """The arguments of the fold's :class:`FoldDataModule` (held-out TP/FP crops for validation, the OOF
+        and test prediction sets); a stage with other training items passes them to its subclass."""
         cfg, ctx = self.cfg, self.ctx
         held_out = [rid for rid, f in zip(ctx.train.recording_ids, ctx.fold_of_recording) if f == fold]
-        return FoldDataModule(
-            ctx.cache, ctx.train, ctx.fold_of_recording, fold, n_classes=ctx.scheme.n_classes,
+        return dict(
+            cache=ctx.cache, train=ctx.train, fold_of_recording=ctx.fold_of_recording, fold=fold,
+            n_classes=ctx.scheme.n_classes,
             crop_seconds=float(cfg.crops.seconds), label_hz=float(cfg.crops.label_hz),
             sample_rate=int(cfg.audio.sample_rate), duration_s=float(cfg.data.duration_s),
             batch_size=int(cfg.loader.batch_size), predict_batch_size=int(cfg.loader.predict_batch_size),
             num_workers=int(cfg.loader.num_workers), tp_repeat=int(cfg.crops.tp_repeat),
             fp_fraction=float(cfg.crops.fp_fraction), min_per_epoch=int(cfg.crops.min_per_epoch), seed=int(cfg.seed),
             predict_sets={"oof": ("train", held_out), "test": ("test", ctx.test_ids)})
+
+    def build_datamodule(self, fold: int) -> FoldDataModule:
+        return FoldDataModule(**self.fold_data_kwargs(fold))
 
     def build_trainer(self, fold: int, fold_dir: Path, writer: ShardedPredictionWriter) -> pl.Trainer:
         checkpoints = fold_checkpoints(fold_dir / "checkpoints", monitor="val/masked_auroc", mode="max")
@@ -128,7 +142,7 @@ class KFoldStage(StageRun):
         pl.seed_everything(int(self.cfg.seed) + fold, workers=True, verbose=False)
         writer = ShardedPredictionWriter()
         trainer = self.build_trainer(fold, fold_dir, writer)
-        datamodule, module = self.build_datamodule(fold), self.build_module()
+        datamodule, module = self.build_datamodule(fold), self.build_module(fold)
         fold_state = self.state.fold(self.name, fold)
         predict_ckpt = None
         if fold_state.get("status") != "trained":
