@@ -187,6 +187,19 @@ class ShardedPredictionWriter(BasePredictionWriter):
     def start(self, out_path: str | Path, recording_ids: Sequence[str]) -> None:
         self._reset(Path(out_path), recording_ids)
 
+    def predict_sets(self, trainer, module, datamodule, paths: dict[str, Path],
+                     ckpt_path: str | None = None) -> dict[str, Path]:
+        """The one prediction loop of the K-fold stages, the template stage and re-prediction: each named
+        prediction set of ``datamodule`` (``predict_sets``: ``oof``, ``test``) predicted by ``module`` into its
+        file in ``paths``, gathered across ranks. Returns the merged paths by set name."""
+        written = {}
+        for name, path in paths.items():
+            datamodule.predict_name = name
+            self.start(path, datamodule.predict_sets[name][1])
+            trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)
+            written[name] = self.finish(trainer)
+        return written
+
     def write_on_batch_end(self, trainer, pl_module, prediction: dict, batch_indices, batch: Any,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
         self._index.append(prediction["index"].cpu().numpy())

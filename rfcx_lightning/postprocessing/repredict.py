@@ -72,7 +72,7 @@ class InferenceComparison:
             if fold_state.get("status") != "done":
                 raise RuntimeError(f"stage {self.source} fold {fold} is not done; finish it before comparing inference")
             fold_dir = self.out_dir / mode / f"fold{fold}"
-            targets = {name: fold_dir / f"{name}.npz" for name in ("oof", "test")}
+            targets = stage.prediction_paths(fold_dir)
             paths.append(targets)
             if all(p.exists() for p in targets.values()):
                 continue
@@ -85,11 +85,7 @@ class InferenceComparison:
                                  callbacks=[writer], enable_progress_bar=False, enable_model_summary=False,
                                  precision=cfg.trainer.precision, default_root_dir=str(fold_dir))
             started = time.time()
-            for name, path in targets.items():
-                datamodule.predict_name = name
-                writer.start(path, datamodule.predict_sets[name][1])
-                trainer.predict(module, datamodule=datamodule, return_predictions=False)
-                writer.finish(trainer)
+            writer.predict_sets(trainer, module, datamodule, targets)
             spent += time.time() - started
         timing = self.out_dir / mode / "seconds.json"
         if spent > 0:

@@ -153,14 +153,14 @@ class KFoldStage(StageRun):
                                    metrics=metrics, train_seconds=round(time.time() - started, 1))
         else:
             predict_ckpt = str(last)
-        outputs = {}
-        for name in ("oof", "test"):
-            split, ids = datamodule.predict_sets[name]
-            datamodule.predict_name = name
-            writer.start(fold_dir / f"{name}.npz", ids)
-            trainer.predict(module, datamodule=datamodule, ckpt_path=predict_ckpt, return_predictions=False)
-            outputs[name] = self.state.relative(writer.finish(trainer))
-        self.state.update_fold(self.name, fold, status="done", **outputs)
+        written = writer.predict_sets(trainer, module, datamodule, self.prediction_paths(fold_dir), predict_ckpt)
+        self.state.update_fold(self.name, fold, status="done",
+                               **{name: self.state.relative(path) for name, path in written.items()})
+
+    @staticmethod
+    def prediction_paths(fold_dir: Path) -> dict[str, Path]:
+        """A fold's prediction files: the held-out train recordings (``oof``) and every test recording."""
+        return {name: fold_dir / f"{name}.npz" for name in ("oof", "test")}
 
     # -- outputs ----------------------------------------------------------------------------------------
     def finalize(self) -> dict[str, Any]:

@@ -120,15 +120,10 @@ class TemplateStage(KFoldStage):
         writer = ShardedPredictionWriter()
         trainer = self.build_trainer(fold, fold_dir, writer)
         datamodule, module = self.build_datamodule(fold), TemplateModule(matcher)
-        started, outputs = time.time(), {}
-        for name in ("oof", "test"):
-            _, ids = datamodule.predict_sets[name]
-            datamodule.predict_name = name
-            writer.start(fold_dir / f"{name}.npz", ids)
-            trainer.predict(module, datamodule=datamodule, return_predictions=False)
-            outputs[name] = self.state.relative(writer.finish(trainer))
+        started = time.time()
+        written = writer.predict_sets(trainer, module, datamodule, self.prediction_paths(fold_dir))
         self.state.update_fold(self.name, fold, status="done", predict_seconds=round(time.time() - started, 1),
-                               **outputs)
+                               **{name: self.state.relative(path) for name, path in written.items()})
 
     def _output_frames_per_second(self, n_frames: int) -> float:
         """The matcher's exact grid rate (hop and pooling), not a ratio of frame count to duration."""
