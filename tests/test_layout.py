@@ -76,3 +76,16 @@ def test_the_package_has_no_import_cycles():
     graph = module_graph()
     assert "rfcx_lightning.models.factory" in graph["rfcx_lightning.stages.base"]   # the graph sees imports
     assert cycles(graph) == []
+
+
+def test_every_package_is_installed():
+    """setup.cfg lists its packages by hand (the configuration tree is mapped in): a new package folder that
+    is not listed imports in an editable checkout and is missing from a real install."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(PACKAGE.parent / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {"rfcx_lightning" + "".join("." + part for part in p.parent.relative_to(PACKAGE).parts)
+             for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set(), f"add to setup.cfg [options] packages: {sorted(found - listed)}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from rfcx_lightning.loggers import build_logger, free_version
+from rfcx_lightning.reporting.loggers import build_logger, free_version
 
 
 @pytest.mark.parametrize("kind", ["csv", "tensorboard", "wandb"])

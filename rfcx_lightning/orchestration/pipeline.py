@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..config import available_stages, load_config
-from ..loggers import build_logger
+from ..reporting.loggers import build_logger
 from ..pseudo.teachers import teacher_weights
 from ..settings import from_block
 from ..workspace import RunState, atomic_path, remove_temporary_files, write_csv

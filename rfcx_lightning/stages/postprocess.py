@@ -204,7 +204,7 @@ class PostprocessStage(StageRun):
     def _log_dashboard(self, names, chosen, table, inference_rows) -> None:
         if str(self.cfg.logger.kind) != "wandb":
             return
-        from ..loggers import log_postprocess_dashboard
+        from ..reporting.dashboard import log_postprocess_dashboard
 
         log_postprocess_dashboard(self.cfg.logger, self.ctx, self.state, self.name, names, chosen, table,
                                   inference_rows)

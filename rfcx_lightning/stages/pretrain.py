@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpointing import AtomicCheckpointIO, last_epoch_checkpoint
 from ..data.audio import AudioCache
-from ..loggers import build_logger
+from ..reporting.loggers import build_logger
 from ..models.init import save_backbone
 from .base import StageModule
 from .runner import StageRun

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from ..checkpointing import AtomicCheckpointIO, fold_checkpoints
 from ..data.datamodule import FoldDataModule
 from ..inference import ShardedPredictionWriter
-from ..loggers import build_logger
+from ..reporting.loggers import build_logger
 from ..metrics import lwlrap, prior_baseline_lwlrap
 from ..models.bands import class_bands_from_boxes
 from ..postprocess import odds_scale_to_prior
