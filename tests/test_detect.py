@@ -117,6 +117,32 @@ def test_event_merging():
     assert merge_events(frames, np.asarray([0.95, 0.95]), 2.0).empty
 
 
+def test_peak_onsets_use_the_peak_and_the_offset_learnt_on_tp_boxes():
+    """Scores that rise two frames before each call and peak on it: the threshold onset is early, the peak
+    onset plus the offset learnt on the TP boxes lands on the call."""
+    from rfcx_lightning.detection.events import onset_offset, peak_time
+
+    fps, duration = 2.0, 10.0
+    frames = np.zeros((1, 20), np.float32)
+    frames[0, 6:11] = [0.6, 0.8, 0.95, 0.8, 0.3]       # a call from 4.0 s: peak frame 8 (centre 4.25 s)
+    assert peak_time(frames[0], 6, 10, fps) == pytest.approx(4.25)
+    lopsided = np.asarray([0.0, 0.5, 1.0, 0.9, 0.0], np.float32)
+    assert 1.25 < peak_time(lopsided, 1, 4, fps) < 1.5      # the parabola leans toward the higher neighbour
+    threshold = np.asarray([0.5])
+    early = merge_events(frames, threshold, fps, duration)
+    assert early["start_s"].tolist() == [3.0] and early["end_s"].tolist() == [5.0]
+    boxes = pd.DataFrame({"recording_id": ["a", "a"], "class_index": [0, 0], "t_min": [4.0, 9.0],
+                          "is_tp": [True, False]})
+    offset, n = onset_offset(frames[None], ["a"], boxes, threshold, duration)
+    assert (offset, n) == (pytest.approx(-0.25), 1)          # the FP box does not count
+    peak = merge_events(frames, threshold, fps, duration, onset_offset_s=offset)
+    assert peak[["start_s", "end_s"]].values.tolist() == [[pytest.approx(4.0), 5.0]]
+    assert merge_events(frames, threshold, fps, duration, onset_offset_s=-9.0)["start_s"].tolist() == [0.0]
+    assert merge_events(frames, threshold, fps, duration, onset_offset_s=9.0)["start_s"].tolist() == [4.75]
+    far = boxes.assign(t_min=[9.5, 9.0])                     # no event near the TP box: no offset
+    assert onset_offset(frames[None], ["a"], far, threshold, duration) == (0.0, 0)
+
+
 def test_thresholds_f1_precision_and_number():
     scores = np.asarray([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
     is_tp = np.asarray([1, 1, 0, 1, 0, 0, 1], bool)

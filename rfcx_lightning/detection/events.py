@@ -16,8 +16,18 @@ A class with no TP box (or no box at all) has nothing to choose from: it gets :d
 and ``thresholds.csv`` says so in its ``note`` column. FP boxes are hard negatives (confusers an earlier
 detector fired on), so box precision is a pessimistic estimate of precision on ordinary audio.
 
-Events: consecutive frames at or above the class threshold are one event from the start of its first frame
-to the end of its last; its score is the max inside.
+Events: consecutive frames at or above the class threshold are one event, ending with its last frame; its
+score is the max inside. Its onset (``detect.onset``):
+
+* ``peak`` (default): the time of the event's peak frame (refined between frames by a parabola) plus an
+  offset learnt from the run's own out-of-fold predictions: the median, over the TP boxes, of the box's
+  ``t_min`` minus the peak time of the nearest event of its class (:func:`onset_offset`). Why: an output
+  frame of a CNN spans the backbone's time stride (0.64 s for the cpu preset's band detector) and its
+  receptive field reaches further, so scores rise well before a call; the first frame above the threshold
+  came a median 0.4 s before the onset of a loud call at the hard level, and only 27% of loud calls had an
+  event starting within 0.5 s, while the peak plus the learnt offset (-0.46 s) put 70% there (docs/results.md,
+  "Detection");
+* ``threshold``: the start of the first frame at or above the threshold.
 """
 
 from __future__ import annotations
@@ -122,23 +132,76 @@ def class_thresholds(oof_framewise: np.ndarray, recording_ids, boxes: pd.DataFra
     return pd.DataFrame(rows, columns=list(THRESHOLD_COLUMNS))
 
 
+ONSETS = ("peak", "threshold")
+
+
+def _runs(above: np.ndarray) -> list[tuple[int, int]]:
+    """``[a, b)`` frame ranges of the consecutive True values of one class's row."""
+    edges = np.diff(np.concatenate([[0], above.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def peak_time(row: np.ndarray, a: int, b: int, frames_per_second: float) -> float:
+    """Seconds of the highest frame of ``row[a:b]`` (its centre), moved by a parabola through it and its
+    neighbours (at most half a frame), so two events whose peaks differ by less than a frame differ too."""
+    k = a + int(np.argmax(row[a:b]))
+    shift = 0.0
+    if 0 < k < len(row) - 1:
+        left, mid, right = float(row[k - 1]), float(row[k]), float(row[k + 1])
+        curvature = left - 2.0 * mid + right
+        if curvature < 0:
+            shift = float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+    return (k + 0.5 + shift) / frames_per_second
+
+
 def merge_events(framewise: np.ndarray, thresholds: np.ndarray, frames_per_second: float,
-                 duration_s: float | None = None) -> pd.DataFrame:
+                 duration_s: float | None = None, onset_offset_s: float | None = None) -> pd.DataFrame:
     """Events of one file: columns class_index, start_s, end_s, score (sorted by start, then class).
 
-    ``framewise`` (C, T); a run of consecutive frames with score >= the class's threshold is one event.
+    ``framewise`` (C, T); a run of consecutive frames with score >= the class's threshold is one event,
+    ending with its last frame. Its start: with ``onset_offset_s`` None the start of its first frame
+    (``detect.onset=threshold``), else its peak time plus the offset (``peak``; module docstring), kept
+    within the file and before the event's end.
     """
     frames = np.asarray(framewise, np.float32)
     above = frames >= np.asarray(thresholds, np.float32)[:, None]
     rows = []
     for c in np.flatnonzero(above.any(1)):
-        edges = np.diff(np.concatenate([[0], above[c].astype(np.int8), [0]]))
-        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):   # frames [a, b)
+        for a, b in _runs(above[c]):                                                  # frames [a, b)
             end = b / frames_per_second
-            rows.append((int(c), a / frames_per_second, min(end, duration_s) if duration_s else end,
-                         float(frames[c, a:b].max())))
+            end = min(end, duration_s) if duration_s else end
+            if onset_offset_s is None:
+                start = a / frames_per_second
+            else:
+                start = min(max(0.0, peak_time(frames[c], a, b, frames_per_second) + onset_offset_s),
+                            end - 0.5 / frames_per_second)
+            rows.append((int(c), start, end, float(frames[c, a:b].max())))
     table = pd.DataFrame(rows, columns=["class_index", "start_s", "end_s", "score"])
     return table.sort_values(["start_s", "class_index"], kind="stable").reset_index(drop=True)
+
+
+def onset_offset(oof_framewise: np.ndarray, recording_ids, boxes: pd.DataFrame, thresholds: np.ndarray,
+                 duration_s: float, max_distance_s: float = 1.5) -> tuple[float, int]:
+    """The ``peak`` onset's offset: the median over TP boxes of ``t_min`` minus the peak time of the nearest
+    event of the box's class in the run's out-of-fold frames (events within ``max_distance_s`` only), and
+    how many boxes it came from; ``(0.0, 0)`` when no TP box has an event near it."""
+    row = {str(r): i for i, r in enumerate(recording_ids)}
+    frames = np.asarray(oof_framewise, np.float32)
+    fps = frames.shape[-1] / float(duration_s)
+    thresholds = np.asarray(thresholds, np.float32)
+    gaps = []
+    for r, c, t_min in boxes.loc[boxes["is_tp"].astype(bool), ["recording_id", "class_index", "t_min"]].itertuples(
+            index=False):
+        i = row.get(str(r))
+        if i is None:
+            continue
+        peaks = np.asarray([peak_time(frames[i, c], a, b, fps) for a, b in _runs(frames[i, c] >= thresholds[c])])
+        if len(peaks):
+            gap = float(t_min) - peaks
+            nearest = gap[np.argmin(np.abs(gap))]
+            if abs(nearest) <= max_distance_s:
+                gaps.append(nearest)
+    return (float(np.median(gaps)), len(gaps)) if gaps else (0.0, 0)
 
 
 def score_events(detections: pd.DataFrame, calls: pd.DataFrame, tolerance_s: float = 0.5,

@@ -47,7 +47,7 @@ from ..settings import from_block
 from ..workspace import RunState, read_npz, run_finished, run_kind, write_csv, write_json, write_npz
 from .audio import AudioStream, list_audio
 from .data import WindowStream, prediction_passes
-from .events import ThresholdRule, class_thresholds, merge_events
+from .events import ONSETS, ThresholdRule, class_thresholds, merge_events, onset_offset
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,7 @@ class DetectSettings:
     out: str | None
     source: str
     threshold: Any                # f1 | precision:<p> | a number
+    onset: str                    # peak | threshold
     on_error: str
     framewise: bool
     batch_windows: int
@@ -271,6 +272,9 @@ class DetectStage:
         if self.on_error not in ON_ERROR:
             raise DetectError(f"detect.on_error={self.on_error!r}: choose one of {ON_ERROR}")
         self.rule = ThresholdRule.parse(d.threshold)
+        if d.onset not in ONSETS:
+            raise DetectError(f"detect.onset={d.onset!r}: choose one of {', '.join(ONSETS)}")
+        self.onset = d.onset
         self.batch_windows = d.batch_windows
         self.block_seconds = d.block_seconds
         self.num_workers = d.num_workers
@@ -342,8 +346,14 @@ class DetectStage:
             raise DetectError(f"run {self.source}: {oof_path} is missing; thresholds are chosen on its "
                               "out-of-fold predictions")
         oof = read_npz(oof_path)
-        self.thresholds = class_thresholds(oof["framewise"], [str(r) for r in oof["recording_id"]], self.boxes,
-                                           self.class_names, self.duration_s, self.rule)
+        oof_ids = [str(r) for r in oof["recording_id"]]
+        self.thresholds = class_thresholds(oof["framewise"], oof_ids, self.boxes, self.class_names,
+                                           self.duration_s, self.rule)
+        self.onset_offset_s, self.onset_boxes = None, 0
+        if self.onset == "peak":
+            self.onset_offset_s, self.onset_boxes = onset_offset(
+                oof["framewise"], oof_ids, self.boxes, self.thresholds["threshold"].to_numpy(np.float32),
+                self.duration_s)
 
     def meta(self) -> dict:
         record = self.state.stage(self.source)
@@ -451,7 +461,7 @@ class DetectStage:
             data = read_npz(part)
             fps, n = float(data["frames_per_second"]), int(data["n_samples"])
             duration = n / self.sample_rate
-            table = merge_events(data["framewise"], thresholds, fps, duration)
+            table = merge_events(data["framewise"], thresholds, fps, duration, self.onset_offset_s)
             cls = table["class_index"].to_numpy(int)
             bands = np.asarray(self.bands, np.float64).reshape(-1, 2)
             ids = np.asarray(self.class_ids, np.int64).reshape(-1, 2)
@@ -494,7 +504,8 @@ class DetectStage:
         hours = sum(self.durations[i] for i in done) / 3600
         summary = {"source": self.source, "files": len(self.files), "detected": len(done), "errors": len(errors),
                    "events": int(len(detections)), "audio_hours": round(hours, 4),
-                   "wall_seconds": round(wall_seconds, 1), "threshold": str(self.rule),
+                   "wall_seconds": round(wall_seconds, 1), "threshold": str(self.rule), "onset": self.onset,
+                   "onset_offset_s": self.onset_offset_s, "onset_offset_boxes": self.onset_boxes,
                    "odds_to_prior": self.prior is not None}
         write_json(self.out / "summary.json", summary)
         print(f"detect ({self.source}): {len(done)} files, {summary['events']} events, {len(errors)} unreadable "
