@@ -13,6 +13,11 @@ import pytest
 import soundfile as sf
 
 from rfcx_lightning.data import synthetic
+from rfcx_lightning.data.synthetic import api as synthetic_api
+from rfcx_lightning.data.synthetic import plan as synthetic_plan
+from rfcx_lightning.data.synthetic import render as synthetic_render
+from rfcx_lightning.data.synthetic import species as synthetic_species
+from rfcx_lightning.data.synthetic import tables as synthetic_tables
 from rfcx_lightning.data.priors import RFCX_TEST_PRIOR
 from rfcx_lightning.data.synthetic import (
     SyntheticConfig,
@@ -126,7 +131,7 @@ def test_tp_rows_balanced_and_on_real_calls(root):
     assert (counts == SMALL.tp_per_species).all()
     labelled = calls[calls.label == "tp"]
     assert len(labelled) == len(tp) and (labelled.split == "train").all()
-    bands = synthetic.species_bands().set_index(["species_id", "songtype_id"])
+    bands = synthetic_species.species_bands().set_index(["species_id", "songtype_id"])
     for row in tp.itertuples():
         same = labelled[(labelled.recording_id == row.recording_id) & (labelled.species_id == row.species_id)
                          & (labelled.songtype_id == row.songtype_id)]
@@ -303,7 +308,7 @@ def test_ensure_synthetic_reuses_and_refuses_a_mismatch(root, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("must not regenerate")
 
-    monkeypatch.setattr(synthetic, "generate", boom)
+    monkeypatch.setattr(synthetic_api, "generate", boom)
     assert ensure_synthetic(root, SMALL, progress=False) == root
     assert (root / "manifest.json").read_bytes() == manifest
     with pytest.raises(ValueError) as err:
@@ -333,7 +338,7 @@ def test_generation_is_atomic_and_removes_stale_temp(tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "_render_all", killed)
+    monkeypatch.setattr(synthetic_api, "_render_all", killed)   # what generate() calls
     with pytest.raises(KeyboardInterrupt):
         generate(target, _tiny(1), progress=False)
     assert not target.exists(), "nothing may appear at root before the data set is complete"
@@ -360,7 +365,7 @@ def test_cli(tmp_path, capsys):
 
 def _plan_shapes(variation: float):
     plan = plan_dataset(SyntheticConfig(n_train=20, n_test=10, seed=4, tp_per_species=2, variation=variation))
-    return plan, synthetic._calls_frame(plan), synthetic._call_shapes_frame(plan)
+    return plan, synthetic_tables._calls_frame(plan), synthetic_tables._call_shapes_frame(plan)
 
 
 def test_variation_gives_every_individual_its_own_song():
@@ -384,8 +389,8 @@ def test_variation_gives_every_individual_its_own_song():
     own = shapes1.groupby(["split", "recording_id", "species_id", "songtype_id", "individual"])[traits].nunique()
     assert (own == 1).all().all()
     # Pitch moves by up to +/-9% (plus the call's own +/-3%), and the boxes widen to hold every version.
-    bands = synthetic.species_bands(variation=1.0).set_index(["species_id", "songtype_id"])
-    nominal = synthetic.species_bands().set_index(["species_id", "songtype_id"])
+    bands = synthetic_species.species_bands(variation=1.0).set_index(["species_id", "songtype_id"])
+    nominal = synthetic_species.species_bands().set_index(["species_id", "songtype_id"])
     assert ((bands.f_min < nominal.f_min) & (bands.f_max > nominal.f_max)).all()
     for c in calls1.itertuples():
         band = bands.loc[(c.species_id, c.songtype_id)]
@@ -424,9 +429,9 @@ def test_variation_lowers_the_template_fit_between_individuals():
         for variation in (0.0, 1.0):
             scores = []
             for _ in range(4):
-                a, b = (synthetic._individual_song(song, rng.uniform(-1, 1, synthetic._N_VOICE_DRAWS), variation)
+                a, b = (synthetic_species._individual_song(song, rng.uniform(-1, 1, synthetic_species._N_VOICE_DRAWS), variation)
                         for _ in range(2))
-                waves = [synthetic._synth_call(v, int(v.duration_s * 48000), 48000, 1.0, rng) for v in (a, b)]
+                waves = [synthetic_render._synth_call(v, int(v.duration_s * 48000), 48000, 1.0, rng) for v in (a, b)]
                 scores.append(_template_ncc(*(_log_spec(w, band) for w in waves)))
             ncc[variation] = float(np.mean(scores))
         assert ncc[0.0] > 0.8 and ncc[1.0] < ncc[0.0] - 0.15, (species_id, ncc)
@@ -457,13 +462,13 @@ def test_realistic_level_statistics(realistic_plan):
 
 def test_realistic_confusers_mimic_every_class(realistic_plan):
     """Every species' band holds confusers that are its call but for one trait."""
-    conf = synthetic._confusers_frame(realistic_plan)
-    mimics = conf[conf.kind.isin(set(synthetic._MIMIC_KIND.values()))]
+    conf = synthetic_tables._confusers_frame(realistic_plan)
+    mimics = conf[conf.kind.isin(set(synthetic_plan._MIMIC_KIND.values()))]
     assert set(mimics.species_id) == set(range(24))
     assert 0.35 <= len(mimics) / len(conf) <= 0.65
     for sp in synthetic.SPECIES:
         kinds = set(mimics[mimics.species_id == sp.species_id].kind)
-        assert kinds <= {synthetic._MIMIC_KIND[s.shape] for s in sp.songs}, (sp.species_id, kinds)
+        assert kinds <= {synthetic_plan._MIMIC_KIND[s.shape] for s in sp.songs}, (sp.species_id, kinds)
     events = [e for p in realistic_plan.test for e in p.events if e.kind == "reversed_notes"]
     song = synthetic.SPECIES[3].songs[0]
     e = next(e for e in events if e.species_id == 3)
@@ -473,7 +478,7 @@ def test_realistic_confusers_mimic_every_class(realistic_plan):
 def test_realistic_data_renders(tmp_path):
     root = generate(tmp_path / "r", _tiny(3, difficulty="realistic", n_species=4), progress=False)
     distractors = load_distractors(root)
-    assert len(distractors) > 0 and set(distractors.kind) <= set(synthetic._DISTRACTOR_KINDS)
+    assert len(distractors) > 0 and set(distractors.kind) <= set(synthetic_plan._DISTRACTOR_KINDS)
     assert (load_call_shapes(root).groupby(["recording_id", "species_id"]).individual.max() <= 1).all()
     for path in sorted((root / "train").glob("*.flac"))[:2]:
         x, _ = sf.read(str(path), dtype="int16")
@@ -513,7 +518,7 @@ def test_root_from_before_variation_is_reused_as_variation_zero(root, tmp_path, 
     def boom(*args, **kwargs):
         raise AssertionError("must not regenerate")
 
-    monkeypatch.setattr(synthetic, "generate", boom)
+    monkeypatch.setattr(synthetic_api, "generate", boom)
     assert ensure_synthetic(old, SMALL, progress=False) == old
     with pytest.raises(ValueError, match="variation"):
         ensure_synthetic(old, SyntheticConfig(n_train=12, n_test=6, seed=3, tp_per_species=2, variation=0.5))
