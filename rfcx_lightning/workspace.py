@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +48,62 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder; rename it onto ``path`` only if the block finishes without
+    error, else delete it. The folder counterpart of :func:`atomic_path`, for outputs that are folders (a
+    generated synthetic root, a converted Raven root, a benchmark's subset root): ``path`` either does not
+    exist or is complete.
+
+    The rename succeeds onto nothing or an empty folder. If ``path`` meanwhile got content (a concurrent
+    writer finished first) the ``OSError`` propagates, with the temporary folder deleted, and the caller
+    decides whether the other writer's result will do. The temporary name carries the writer's pid
+    (``.<name>.<pid>.<random>.tmp``, an :func:`is_temporary` name), so :func:`remove_stale_dirs`, run on
+    entry, deletes the leftovers of killed writers and never those of a live concurrent one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_dirs(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    try:
+        yield tmp
+        os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_dirs(path: str | os.PathLike) -> list[Path]:
+    """Delete the :func:`atomic_dir` temporaries of ``path`` whose writer process is gone (or is this one:
+    its own earlier attempt); returns them."""
+    path = Path(path)
+    prefix, removed = f".{path.name}.", []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        name = candidate.name
+        if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX) and candidate.is_dir()):
+            continue
+        try:
+            pid = int(name[len(prefix):].split(".", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or not _pid_alive(pid):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
 
 
 def rank_shard(path: str | os.PathLike, rank: int) -> Path:

@@ -14,6 +14,7 @@ import soundfile as sf
 from rfcx_lightning.data.annotations import AnnotationError, DataRoot, load_boxes
 from rfcx_lightning.data.raven import (RAVEN_COLUMNS, RavenSource, convert_raven_root, ensure_raven_root,
                                        read_selection_table, species_labels, write_selection_table)
+from rfcx_lightning.workspace import is_temporary
 
 from .conftest import run_cli_subprocess
 
@@ -203,7 +204,7 @@ def test_conversion_builds_the_boxes_of_the_tables(tmp_path):
     sources = pd.read_csv(dest / "box_sources.csv")
     assert sources["line"].tolist()[:3] == [2, 3, 4] and sources["table"].str.endswith(".selections.txt").all()
     assert json.loads((dest / "manifest.json").read_text())["counts"]["tp_boxes"] == 9
-    assert not [p for p in tmp_path.iterdir() if ".converting-" in p.name]
+    assert not [p for p in tmp_path.iterdir() if is_temporary(p.name)]
 
 
 def test_validation_column_species_list_and_test_dir(tmp_path):

@@ -331,7 +331,7 @@ def test_ensure_synthetic_generates_once_and_default_tp_matches(tmp_path):
 
 def test_generation_is_atomic_and_removes_stale_temp(tmp_path, monkeypatch):
     target = tmp_path / "data"
-    stale = tmp_path / "data.tmp-999999999"          # a pid that cannot exist: a killed run's leftovers
+    stale = tmp_path / ".data.999999999.x1.tmp"      # a pid that cannot exist: a killed run's leftovers
     stale.mkdir()
     (stale / "train_tp.csv").write_text("half")
 
@@ -343,10 +343,10 @@ def test_generation_is_atomic_and_removes_stale_temp(tmp_path, monkeypatch):
         generate(target, _tiny(1), progress=False)
     assert not target.exists(), "nothing may appear at root before the data set is complete"
     assert not stale.exists()
-    assert not list(tmp_path.glob("data.tmp-*"))
+    assert not list(tmp_path.glob(".data.*.tmp"))
     monkeypatch.undo()
     generate(target, _tiny(1), progress=False)
-    assert (target / "manifest.json").is_file() and not list(tmp_path.glob("data.tmp-*"))
+    assert (target / "manifest.json").is_file() and not list(tmp_path.glob(".data.*.tmp"))
 
 
 def test_cli(tmp_path, capsys):

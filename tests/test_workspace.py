@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -62,3 +64,26 @@ def test_merge_shards_orders_items_and_checks_coverage(tmp_path):
     with pytest.raises(RuntimeError, match="missing"):
         merge_shards(shards, tmp_path / "bad.npz", ids, {})
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_atomic_dir_renames_a_complete_folder_and_leaves_nothing_half_written(tmp_path):
+    from rfcx_lightning.workspace import atomic_dir, is_temporary
+
+    target = tmp_path / "root"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "half.csv").write_text("x")
+            raise RuntimeError("killed")
+    assert not target.exists() and not list(tmp_path.iterdir())              # nothing half-written
+    dead = tmp_path / ".root.999999999.abc.tmp"                               # a killed writer's leftovers
+    live = tmp_path / f".root.{os.getppid()}.abc.tmp"                         # a live concurrent writer's
+    dead.mkdir(), live.mkdir()
+    with atomic_dir(target) as tmp:
+        assert is_temporary(tmp.name) and tmp.parent == tmp_path
+        (tmp / "done.csv").write_text("x")
+    assert (target / "done.csv").read_text() == "x"
+    assert not dead.exists() and live.exists()
+    with pytest.raises(OSError):                                              # a finished root is never replaced
+        with atomic_dir(target) as tmp:
+            (tmp / "other.csv").write_text("y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["root", live.name])

@@ -24,6 +24,7 @@ import soundfile as sf
 
 from ..inference import ShardedPredictionWriter
 from ..config import load_config
+from ..workspace import atomic_path
 from .memory import passthrough, subset_root
 from .procs import run_cli
 from .setup import BenchSetup
@@ -81,15 +82,14 @@ def _long_file(setup: BenchSetup, path: Path, minutes: float) -> Path:
     rate = sf.info(str(sources[0])).samplerate
     need = int(minutes * 60 * rate)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.flac")
-    with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, format="FLAC", subtype="PCM_16") as out:
+    with atomic_path(path) as tmp, sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, format="FLAC",
+                                                  subtype="PCM_16") as out:
         written, k = 0, 0
         while written < need:
             audio, _ = sf.read(str(sources[k % len(sources)]), dtype="float32")
             audio = audio[:need - written]
             out.write(audio)
             written, k = written + len(audio), k + 1
-    tmp.replace(path)
     return path
 
 

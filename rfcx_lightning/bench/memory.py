@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
 from ..data.annotations import DataRoot
-from ..workspace import write_csv
+from ..workspace import atomic_dir, write_csv
 from .procs import run_cli
 from .setup import BenchSetup
 
@@ -39,8 +38,7 @@ def subset_root(source: Path, dest: Path, n_train: int, n_test: int) -> Path:
     if len(train) < n_train or len(test) < n_test:
         raise ValueError(f"{source}: has {len(src.train_ids())} train / {len(src.test_ids())} test recordings, "
                          f"a subset of {n_train} / {n_test} was asked for")
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(dest) as tmp:
         for split, ids in (("train", train), ("test", test)):
             (tmp / split).mkdir(parents=True)
             for rid in ids:
@@ -48,9 +46,6 @@ def subset_root(source: Path, dest: Path, n_train: int, n_test: int) -> Path:
         for name, ids in (("train_tp.csv", train), ("train_fp.csv", train), ("sample_submission.csv", test)):
             frame = pd.read_csv(source / name, dtype=str, keep_default_na=False)
             write_csv(tmp / name, frame[frame["recording_id"].isin(set(ids))], float_format=None)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from ..workspace import atomic_path, write_csv, write_json
+from ..workspace import atomic_dir, atomic_path, write_csv, write_json
 from .annotations import (ANNOTATION_COLUMNS, AnnotationError, DataRoot, _check_frequencies, _check_times,
                           _fail, _parse_numbers, _read_csv_as_strings, _recording_id_problem)
 
@@ -227,7 +227,6 @@ MANIFEST_NAME = "manifest.json"
 SPECIES_CSV = "species.csv"            # species_id,label: what submission column s<k> means
 SOURCES_CSV = "box_sources.csv"        # where each converted box came from (table file, line)
 FORMAT_VERSION = 1
-_TEMP_MARKER = ".converting-"
 
 
 @dataclass(frozen=True)
@@ -594,38 +593,35 @@ def convert_raven_root(source: RavenSource, dest: str | os.PathLike) -> Path:
                               "some recordings of data.root without a table")
     fingerprint = _fingerprint(source, recordings, tables)
 
-    tmp = dest.parent / f"{dest.name}{_TEMP_MARKER}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        for split, ids in (("train", train), ("test", test)):
-            (tmp / split).mkdir(parents=True)
-            for rid in ids:
-                _place_audio(recordings[rid].path, tmp / split / f"{rid}.flac")
-        columns = list(ANNOTATION_COLUMNS)
-        write_csv(tmp / "train_tp.csv", boxes.loc[boxes.is_tp, columns], float_format=None)
-        write_csv(tmp / "train_fp.csv", boxes.loc[~boxes.is_tp, columns], float_format=None)
-        submission = pd.DataFrame(0.0, index=range(len(test)), columns=[f"s{k}" for k in range(len(species))])
-        submission.insert(0, "recording_id", test)
-        write_csv(tmp / "sample_submission.csv", submission)
-        write_csv(tmp / SPECIES_CSV, pd.DataFrame({"species_id": range(len(species)), "label": species}))
-        ordered = pd.concat([boxes.loc[boxes.is_tp], boxes.loc[~boxes.is_tp]])
-        write_csv(tmp / SOURCES_CSV, ordered.assign(csv=np.where(ordered.is_tp, "train_tp.csv", "train_fp.csv"))
-                  [["csv", "recording_id", "species_id", "t_min", "table", "line"]], float_format=None)
-        load_boxes(DataRoot(tmp), duration_s=source.duration_s,
-                   native_sample_rate=max([source.native_sample_rate] + [r.native_rate for r in recordings.values()]))
-        counts = {"train_recordings": len(train), "test_recordings": len(test), "tp_boxes": int(boxes.is_tp.sum()),
-                  "fp_boxes": int((~boxes.is_tp).sum()), "species": len(species)}
-        write_json(tmp / MANIFEST_NAME, {"format_version": FORMAT_VERSION, "inputs": fingerprint,
-                                         "counts": counts, "species": species})
-        try:
-            os.rename(tmp, dest)                    # atomic; replaces an empty directory at dest
-        except OSError:
-            if (dest / MANIFEST_NAME).is_file():    # another process converted it meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
-                return ensure_raven_root(source, dest)
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(dest) as tmp:
+            for split, ids in (("train", train), ("test", test)):
+                (tmp / split).mkdir(parents=True)
+                for rid in ids:
+                    _place_audio(recordings[rid].path, tmp / split / f"{rid}.flac")
+            columns = list(ANNOTATION_COLUMNS)
+            write_csv(tmp / "train_tp.csv", boxes.loc[boxes.is_tp, columns], float_format=None)
+            write_csv(tmp / "train_fp.csv", boxes.loc[~boxes.is_tp, columns], float_format=None)
+            submission = pd.DataFrame(0.0, index=range(len(test)),
+                                      columns=[f"s{k}" for k in range(len(species))])
+            submission.insert(0, "recording_id", test)
+            write_csv(tmp / "sample_submission.csv", submission)
+            write_csv(tmp / SPECIES_CSV, pd.DataFrame({"species_id": range(len(species)), "label": species}))
+            ordered = pd.concat([boxes.loc[boxes.is_tp], boxes.loc[~boxes.is_tp]])
+            sources = ordered.assign(csv=np.where(ordered.is_tp, "train_tp.csv", "train_fp.csv"))
+            write_csv(tmp / SOURCES_CSV, sources[["csv", "recording_id", "species_id", "t_min", "table", "line"]],
+                      float_format=None)
+            native = max([source.native_sample_rate] + [r.native_rate for r in recordings.values()])
+            load_boxes(DataRoot(tmp), duration_s=source.duration_s, native_sample_rate=native)
+            counts = {"train_recordings": len(train), "test_recordings": len(test),
+                      "tp_boxes": int(boxes.is_tp.sum()), "fp_boxes": int((~boxes.is_tp).sum()),
+                      "species": len(species)}
+            write_json(tmp / MANIFEST_NAME, {"format_version": FORMAT_VERSION, "inputs": fingerprint,
+                                             "counts": counts, "species": species})
+    except OSError:
+        if (dest / MANIFEST_NAME).is_file():        # another process converted it meanwhile
+            return ensure_raven_root(source, dest)
+        raise
     print(f"data=raven: converted {source.root} -> {dest}: {counts['train_recordings']} train recordings "
           f"({counts['tp_boxes']} TP / {counts['fp_boxes']} FP boxes, {len(species)} species), "
           f"{counts['test_recordings']} test recordings", flush=True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
+from ...workspace import atomic_dir
 from .config import (
-    DIFFICULTIES, FORMAT_VERSION, MANIFEST_NAME, SPLITS, SyntheticConfig, _LEGACY_CONFIG, _TEMP_MARKER,
+    DIFFICULTIES, FORMAT_VERSION, MANIFEST_NAME, SPLITS, SyntheticConfig, _LEGACY_CONFIG,
 )
 from .species import _singers
 from .plan import (
@@ -18,32 +17,6 @@ from .plan import (
 )
 from .tables import _stats, _write_tables
 from .render import _render_all
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def _remove_stale_temps(root: Path) -> None:
-    """Delete temp folders of generations that were killed (their process no longer exists)."""
-    if not root.parent.is_dir():
-        return
-    prefix = root.name + _TEMP_MARKER
-    for path in root.parent.iterdir():
-        if not (path.name.startswith(prefix) and path.is_dir()):
-            continue
-        try:
-            pid = int(path.name[len(prefix):])
-        except ValueError:
-            continue
-        if pid == os.getpid() or not _pid_alive(pid):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_manifest(root: Path) -> dict:
@@ -69,9 +42,9 @@ def generate(root, config: SyntheticConfig = SyntheticConfig(), *, workers: int 
              progress: bool = True, mp_context: str | None = None) -> Path:
     """Write a synthetic data root at `root` and return it.
 
-    Everything is written to a sibling temp folder that is renamed to `root` at the end (manifest last),
-    so `root` either does not exist or is complete. Raises FileExistsError if `root` already holds
-    anything (use ``ensure_synthetic`` to reuse a root). `workers` > 1 renders in a process pool
+    Everything is written to a temporary sibling folder (``workspace.atomic_dir``) renamed to `root` at the
+    end (manifest last), so `root` either does not exist or is complete. Raises FileExistsError if `root`
+    already holds anything (use ``ensure_synthetic`` to reuse a root). `workers` > 1 renders in a process pool
     (`mp_context`: None for the platform default, or 'fork' / 'spawn' / 'forkserver'); the output is
     byte-identical for any number of workers.
     """
@@ -80,28 +53,19 @@ def generate(root, config: SyntheticConfig = SyntheticConfig(), *, workers: int 
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root} already exists and is not empty; use ensure_synthetic() to reuse a "
                               f"generated root, or delete it to regenerate")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(root)
-    tmp = root.parent / f"{root.name}{_TEMP_MARKER}{os.getpid()}"
     try:
-        tmp.mkdir()
-        plan = plan_dataset(cfg)
-        _write_tables(plan, tmp)
-        _render_all(plan.train + plan.test, cfg, tmp, workers, progress, mp_context)
-        manifest = {"format_version": FORMAT_VERSION, "config": _config_dict(cfg), "stats": plan.stats}
-        with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.write("\n")
-        try:
-            os.rename(tmp, root)     # atomic; replaces an empty directory at root
-        except OSError:
-            # A concurrent generator may have finished first with the same config: use its result.
-            if (root / MANIFEST_NAME).is_file() and not _manifest_mismatch(root, cfg):
-                shutil.rmtree(tmp, ignore_errors=True)
-                return root
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(root) as tmp:
+            plan = plan_dataset(cfg)
+            _write_tables(plan, tmp)
+            _render_all(plan.train + plan.test, cfg, tmp, workers, progress, mp_context)
+            manifest = {"format_version": FORMAT_VERSION, "config": _config_dict(cfg), "stats": plan.stats}
+            with open(tmp / MANIFEST_NAME, "w", encoding="utf-8") as fh:
+                json.dump(manifest, fh, indent=1)
+                fh.write("\n")
+    except OSError:
+        # A concurrent generator may have finished first with the same config: use its result.
+        if (root / MANIFEST_NAME).is_file() and not _manifest_mismatch(root, cfg):
+            return root
         raise
     return root
 

@@ -27,7 +27,6 @@ _SPLIT_CODE = {"train": 1, "test": 2}
 # older levels every other stream draws exactly what it drew before they existed.
 _STREAM_PLAN, _STREAM_AUDIO, _STREAM_TOPUP, _STREAM_IDS = 0, 1, 2, 3
 _STREAM_VOICES, _STREAM_SCENE, _STREAM_SCENE_AUDIO = 4, 5, 6
-_TEMP_MARKER = ".tmp-"
 # Config fields added after format 1 was first written, with the value that older roots were made with:
 # a root from before ``variation`` existed holds exactly the data of variation 0, so it is reused.
 _LEGACY_CONFIG = {"variation": 0.0}
