@@ -143,6 +143,22 @@ def test_peak_onsets_use_the_peak_and_the_offset_learnt_on_tp_boxes():
     assert onset_offset(frames[None], ["a"], far, threshold, duration) == (0.0, 0)
 
 
+def test_the_clip_gate_keeps_events_of_classes_likely_in_the_file():
+    """A class's events survive where its clip score, odds-scaled so the OOF mean maps onto the prior, is at
+    least the gate: the same clip score passes for a common class and fails for a rare one."""
+    from types import SimpleNamespace
+
+    from rfcx_lightning.detection.stage import DetectStage
+
+    events = pd.DataFrame({"class_index": [0, 1, 1], "start_s": [1.0, 2.0, 3.0], "end_s": [2.0, 3.0, 4.0],
+                           "score": [0.6, 0.6, 0.7]})
+    prior, reference = np.asarray([0.5, 0.01]), np.asarray([0.5, 0.5])   # class 1 is rare
+    stage = SimpleNamespace(gate=(prior, reference), clip_gate=0.3)
+    kept = DetectStage.gate_events(stage, events, np.asarray([0.6, 0.7]))
+    assert kept["class_index"].tolist() == [0]          # odds 1.5 -> p 0.6 >= 0.3; rare: p 0.023 < 0.3
+    assert len(DetectStage.gate_events(SimpleNamespace(gate=None, clip_gate=0.3), events, np.ones(2))) == 3
+
+
 def test_thresholds_f1_precision_and_number():
     scores = np.asarray([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
     is_tp = np.asarray([1, 1, 0, 1, 0, 0, 1], bool)
@@ -282,6 +298,10 @@ def test_errors_and_bad_settings_name_the_culprit(workspace, field_folder, tmp_p
         _detect(workspace, field_folder, tmp_path / "b", "detect.source=nope")
     with pytest.raises(ValueError, match="detect.threshold"):
         _detect(workspace, field_folder, tmp_path / "c", "detect.threshold=precision:7")
+    with pytest.raises(DetectError, match="detect.onset='first'"):
+        _detect(workspace, field_folder, tmp_path / "c", "detect.onset=first")
+    with pytest.raises(DetectError, match="detect.clip_gate=1.5"):
+        _detect(workspace, field_folder, tmp_path / "c", "detect.clip_gate=1.5")
     out = tmp_path / "d"
     _detect(workspace, field_folder / "site2", out)
     meta = json.loads((out / ".parts" / "meta.json").read_text())

@@ -240,6 +240,7 @@ class DetectSettings:
     source: str
     threshold: Any                # f1 | precision:<p> | a number
     onset: str                    # peak | threshold
+    clip_gate: float              # events only where the file's calibrated class probability reaches it; 0: off
     on_error: str
     framewise: bool
     batch_windows: int
@@ -275,6 +276,9 @@ class DetectStage:
         if d.onset not in ONSETS:
             raise DetectError(f"detect.onset={d.onset!r}: choose one of {', '.join(ONSETS)}")
         self.onset = d.onset
+        if not 0.0 <= float(d.clip_gate) < 1.0:
+            raise DetectError(f"detect.clip_gate={d.clip_gate!r}: a probability in [0, 1) (0: off)")
+        self.clip_gate = float(d.clip_gate)
         self.batch_windows = d.batch_windows
         self.block_seconds = d.block_seconds
         self.num_workers = d.num_workers
@@ -349,11 +353,37 @@ class DetectStage:
         oof_ids = [str(r) for r in oof["recording_id"]]
         self.thresholds = class_thresholds(oof["framewise"], oof_ids, self.boxes, self.class_names,
                                            self.duration_s, self.rule)
+        self.gate = self.clip_gate_calibration(run, oof)
         self.onset_offset_s, self.onset_boxes = None, 0
         if self.onset == "peak":
             self.onset_offset_s, self.onset_boxes = onset_offset(
                 oof["framewise"], oof_ids, self.boxes, self.thresholds["threshold"].to_numpy(np.float32),
                 self.duration_s)
+
+    def clip_gate_calibration(self, run: DictConfig, oof: dict) -> tuple[np.ndarray, np.ndarray] | None:
+        """(class prior, reference) for ``detect.clip_gate``: a file's clip score of a class, odds-scaled so
+        that the run's mean OOF clip score maps onto the class's prior (``score.prior``), is the probability
+        that the class is in the file; events of a class below ``clip_gate`` there are dropped. The
+        reference comes from the training recordings, so a file's gate does not depend on which other files
+        are detected with it. None (no gate) when ``clip_gate`` is 0 or the run has no prior."""
+        from ..stages.context import class_prior
+
+        prior = class_prior(run, len(self.scheme.species))
+        if self.clip_gate <= 0 or prior is None:
+            if self.clip_gate > 0:
+                log.warning("detect.clip_gate=%g needs score.prior in the run's config; no gate", self.clip_gate)
+            return None
+        return prior[self.scheme.species_of_class], np.asarray(oof["clip"], np.float64).mean(0)
+
+    def gate_events(self, table: pd.DataFrame, clip: np.ndarray) -> pd.DataFrame:
+        """The events of one file whose class passes the clip gate (all of them without a gate)."""
+        if self.gate is None or not len(table):
+            return table
+        from ..postprocess import odds_scale_to_prior
+
+        prior, reference = self.gate
+        probability = odds_scale_to_prior(np.asarray(clip, np.float64)[None], prior, reference)[0]
+        return table[probability[table["class_index"].to_numpy(int)] >= self.clip_gate].reset_index(drop=True)
 
     def meta(self) -> dict:
         record = self.state.stage(self.source)
@@ -461,7 +491,8 @@ class DetectStage:
             data = read_npz(part)
             fps, n = float(data["frames_per_second"]), int(data["n_samples"])
             duration = n / self.sample_rate
-            table = merge_events(data["framewise"], thresholds, fps, duration, self.onset_offset_s)
+            table = self.gate_events(merge_events(data["framewise"], thresholds, fps, duration, self.onset_offset_s),
+                                     data["clip"])
             cls = table["class_index"].to_numpy(int)
             bands = np.asarray(self.bands, np.float64).reshape(-1, 2)
             ids = np.asarray(self.class_ids, np.int64).reshape(-1, 2)
@@ -506,6 +537,7 @@ class DetectStage:
                    "events": int(len(detections)), "audio_hours": round(hours, 4),
                    "wall_seconds": round(wall_seconds, 1), "threshold": str(self.rule), "onset": self.onset,
                    "onset_offset_s": self.onset_offset_s, "onset_offset_boxes": self.onset_boxes,
+                   "clip_gate": self.clip_gate if self.gate is not None else 0.0,
                    "odds_to_prior": self.prior is not None}
         write_json(self.out / "summary.json", summary)
         print(f"detect ({self.source}): {len(done)} files, {summary['events']} events, {len(errors)} unreadable "
