@@ -116,9 +116,14 @@ class CoteachModule(StageModule):
             settings = dataclasses.replace(settings, peer_seed=int(config["seed"]) + 1000)
         return settings
 
+    @staticmethod
+    def kwargs_of(settings: CoteachSettings) -> dict:
+        """The constructor argument carrying the block: a plain dict, as the checkpoint's hyperparameters."""
+        return {"coteach": dataclasses.asdict(settings)}
+
     @classmethod
     def block_kwargs(cls, config: dict) -> dict:
-        return {"coteach": dataclasses.asdict(cls.settings_of(config))}  # a plain dict: checkpoint hyperparameters
+        return cls.kwargs_of(cls.settings_of(config))
 
     def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
                  predict: dict | None = None, *, coteach: dict):
@@ -289,7 +294,7 @@ class CoteachStage(KFoldStage):
             self.test_source = RandomCropSource("test", tuple(ctx.test_ids), test_stack, None)
 
     def module_kwargs(self, fold: int) -> dict:
-        return {"coteach": dataclasses.asdict(self.settings)}
+        return CoteachModule.kwargs_of(self.settings)
 
     def build_datamodule(self, fold: int) -> CoteachDataModule:
         return CoteachDataModule(self.train_stack, self.test_source, self.settings, **self.fold_data_kwargs(fold))

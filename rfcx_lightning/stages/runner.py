@@ -153,14 +153,19 @@ class KFoldStage(StageRun):
                                    metrics=metrics, train_seconds=round(time.time() - started, 1))
         else:
             predict_ckpt = str(last)
-        written = writer.predict_sets(trainer, module, datamodule, self.prediction_paths(fold_dir), predict_ckpt)
         self.state.update_fold(self.name, fold, status="done",
-                               **{name: self.state.relative(path) for name, path in written.items()})
+                               **self.predict_fold(writer, trainer, module, datamodule, fold_dir, predict_ckpt))
 
     @staticmethod
     def prediction_paths(fold_dir: Path) -> dict[str, Path]:
         """A fold's prediction files: the held-out train recordings (``oof``) and every test recording."""
         return {name: fold_dir / f"{name}.npz" for name in ("oof", "test")}
+
+    def predict_fold(self, writer: ShardedPredictionWriter, trainer: pl.Trainer, module, datamodule,
+                     fold_dir: Path, ckpt_path: str | None = None) -> dict[str, str]:
+        """The fold's OOF and test predictions written; their paths as ``state.json`` records them."""
+        written = writer.predict_sets(trainer, module, datamodule, self.prediction_paths(fold_dir), ckpt_path)
+        return {name: self.state.relative(path) for name, path in written.items()}
 
     # -- outputs ----------------------------------------------------------------------------------------
     def finalize(self) -> dict[str, Any]:

@@ -121,9 +121,9 @@ class TemplateStage(KFoldStage):
         trainer = self.build_trainer(fold, fold_dir, writer)
         datamodule, module = self.build_datamodule(fold), TemplateModule(matcher)
         started = time.time()
-        written = writer.predict_sets(trainer, module, datamodule, self.prediction_paths(fold_dir))
+        outputs = self.predict_fold(writer, trainer, module, datamodule, fold_dir)
         self.state.update_fold(self.name, fold, status="done", predict_seconds=round(time.time() - started, 1),
-                               **{name: self.state.relative(path) for name, path in written.items()})
+                               **outputs)
 
     def _output_frames_per_second(self, n_frames: int) -> float:
         """The matcher's exact grid rate (hop and pooling), not a ratio of frame count to duration."""
