@@ -21,7 +21,7 @@ from rfcx_lightning.data.annotations import DataRoot, load_boxes
 
 from .conftest import REPO
 
-FAST = "frontend,training,inference,audio"
+FAST = "frontend,training,layout,inference,audio"
 
 
 def bench_args(tmp_path, data_root, only=FAST):
@@ -51,12 +51,15 @@ def test_bench_command_runs_end_to_end_and_resumes(tmp_path, smoke_data_root, ca
     assert inference["configured_predict"]["mode"] == "windows"                       # the default predict mode
     assert inference["speedup_configured_vs_windows"] > 0 and 0 <= inference["lwlrap_configured"] <= 1
     assert results["training"]["per_round"]["full"][0]["steps_timed"] == 2  # 4 steps - 1 warm-up - 1
+    layout = results["layout"]
+    assert layout["speedup"] > 0 and layout["loss_difference"] < 1e-4   # same weights, same batch: same loss
     assert set(report["load_avg"]) == set(results)
     assert report["machine"]["threads"] == 1  # --threads reached torch
 
     markdown = (tmp_path / "out" / "bench.md").read_text()
     assert "| training efficiency: full path / pre-made device batches |" in markdown
     assert "whole recording vs 0.5 s sliding windows" in markdown
+    assert "training step: channels-last vs plain weights" in markdown
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json", "bench.md"]  # no temp files
 
     # the same command again: every benchmark is already in the JSON, nothing is redone

@@ -60,7 +60,7 @@ def test_a_missing_key_is_an_error_naming_it():
 BLOCKS = {"coteach": CoteachSettings, "noisy_student": NoisyStudentSettings, "detect": DetectSettings}
 
 
-@pytest.mark.parametrize("preset", ["cpu", "full", "smoke"])
+@pytest.mark.parametrize("preset", ["quick", "cpu", "full", "smoke"])
 def test_every_recipe_composes_and_its_blocks_build(preset):
     assert (config_dir() / "config.yaml").is_file() and (config_dir() / "stage" / "bootstrap.yaml").is_file()
     for stage in available_stages():
@@ -73,9 +73,14 @@ def test_every_recipe_composes_and_its_blocks_build(preset):
             assert PipelineSettings.from_cfg(cfg.pipeline).max_rounds == 6   # the recipe's value: no second default
 
 
-def test_the_defaults_list_is_written_once_bootstrap_on_the_cpu_preset():
+def test_the_defaults_list_is_written_once_bootstrap_on_the_quick_preset():
     cfg = load_config([])
-    assert cfg.stage.name == "bootstrap" and cfg.folds == 3 and "lb" not in cfg and "pipeline" not in cfg
+    assert cfg.stage.name == "bootstrap" and cfg.folds == 2 and "lb" not in cfg and "pipeline" not in cfg
+    # quick is the cpu preset with a shorter schedule: everything else comes from cpu, written once there
+    full = load_config(["preset=cpu"])
+    assert full.folds == 3 and full.trainer.max_epochs == 14 and full.trainer.check_val_every_n_epoch == 1
+    assert cfg.trainer.check_val_every_n_epoch == cfg.trainer.max_epochs == 10   # validated once, at the end
+    assert cfg.model.frontend == full.model.frontend and cfg.optim == full.optim and cfg.loader == full.loader
     assert load_config(["stage=pipeline"]).lb.kind == "holdout"            # the pipeline recipe's choice
     assert load_config(["stage=pipeline", "lb=none"]).lb.kind == "none"     # the command line wins
     for recipe in (config_dir() / "stage").glob("*.yaml"):                  # no recipe repeats the list

@@ -22,12 +22,13 @@ import torch
 from ..workspace import write_json
 from . import report
 
-BENCHMARKS = ("frontend", "training", "inference", "audio", "memory", "scaling", "detect")
+BENCHMARKS = ("frontend", "training", "layout", "inference", "audio", "memory", "scaling", "detect")
 
 # per --size: keyword arguments of each benchmark
 SIZES: dict[str, dict[str, dict]] = {
     "tiny": {"frontend": dict(batch=2, seconds=1.0, repeats=2),
              "training": dict(steps=4, warmup=1, rounds=1),
+             "layout": dict(steps=3, warmup=1, rounds=1),
              "inference": dict(n_recordings=2),
              "audio_build": dict(n_files=2), "audio_crop": dict(n_crops=20, n_decodes=1, rounds=1),
              "memory": dict(sizes=(4, 8), n_test=2, train_batches=2),
@@ -36,6 +37,7 @@ SIZES: dict[str, dict[str, dict]] = {
     # a loaded or small CPU machine: the same measurements, fewer repetitions
     "small": {"frontend": dict(repeats=3),
               "training": dict(steps=14, warmup=3, rounds=2),
+              "layout": dict(steps=10, warmup=2, rounds=3),
               "inference": dict(n_recordings=None),
               "audio_build": dict(n_files=4, n_parallel_files=40),
               "audio_crop": dict(n_crops=100, n_decodes=2, rounds=3),
@@ -44,6 +46,7 @@ SIZES: dict[str, dict[str, dict]] = {
               "detect": dict(long_minutes=20.0)},
     "default": {"frontend": dict(repeats=5),
                 "training": dict(steps=30, warmup=5, rounds=2),
+                "layout": dict(steps=14, warmup=2, rounds=5),
                 "inference": dict(n_recordings=None),
                 "audio_build": dict(n_files=8, n_parallel_files=120),
                 "audio_crop": dict(n_crops=200, n_decodes=4, rounds=3),
@@ -176,6 +179,10 @@ def _run_one(name: str, setup, state: dict, args: argparse.Namespace, sizes: dic
 
         result, state["trained"] = bench_training(setup(), **sizes["training"])
         return result
+    if name == "layout":
+        from .layout import bench_layout
+
+        return bench_layout(setup(), **sizes["layout"])
     if name == "inference":
         from .inference import bench_inference, load_module
 

@@ -60,11 +60,14 @@ class StageModule(pl.LightningModule):
         """One detector of the ``model:`` config, started from ``model.init_from`` when given.
 
         ``init_from`` is applied after ``pretrained_path``: an earlier stage's backbone wins over ImageNet.
-        Stages with several networks (coteach) build each one here.
+        Stages with several networks (coteach) build each one here. ``model.channels_last`` stores the
+        convolution weights channels-last, the layout oneDNN (CPU) and cuDNN under AMP run fastest.
         """
         network = build_detector(n_classes, model, augment.get("spec_augment"))
         if model.get("init_from"):
             apply_init_from(network, model["init_from"])
+        if model.get("channels_last"):  # absent (a hand-built block): the plain layout
+            network = network.to(memory_format=torch.channels_last)
         return network
 
     #: which output the training loss is computed on: framewise (boxes, pseudo frames) or clip (weak labels)
