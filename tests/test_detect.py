@@ -134,13 +134,38 @@ def test_peak_onsets_use_the_peak_and_the_offset_learnt_on_tp_boxes():
     boxes = pd.DataFrame({"recording_id": ["a", "a"], "class_index": [0, 0], "t_min": [4.0, 9.0],
                           "is_tp": [True, False]})
     offset, n = onset_offset(frames[None], ["a"], boxes, threshold, duration)
-    assert (offset, n) == (pytest.approx(-0.25), 1)          # the FP box does not count
+    assert offset.tolist() == [pytest.approx(-0.25)] and n.tolist() == [1]   # the FP box does not count
     peak = merge_events(frames, threshold, fps, duration, onset_offset_s=offset)
     assert peak[["start_s", "end_s"]].values.tolist() == [[pytest.approx(4.0), 5.0]]
     assert merge_events(frames, threshold, fps, duration, onset_offset_s=-9.0)["start_s"].tolist() == [0.0]
     assert merge_events(frames, threshold, fps, duration, onset_offset_s=9.0)["start_s"].tolist() == [4.75]
     far = boxes.assign(t_min=[9.5, 9.0])                     # no event near the TP box: no offset
-    assert onset_offset(frames[None], ["a"], far, threshold, duration) == (0.0, 0)
+    offset, n = onset_offset(frames[None], ["a"], far, threshold, duration)
+    assert offset.tolist() == [0.0] and n.tolist() == [0]
+
+
+def test_onset_offsets_are_learnt_per_class_and_long_calls_get_their_own():
+    """A chirp class peaks 0.25 s after its onsets, a 6 s trill class 2.25 s after: each class with enough TP
+    boxes gets its own offset (the trill's gap lies beyond 1.5 s but within its box length); a class with
+    too few boxes takes the median over all classes."""
+    from rfcx_lightning.detection.events import onset_offset
+
+    fps, duration = 2.0, 60.0
+    frames = np.zeros((6, 3, 120), np.float32)
+    rows = []
+    for i in range(6):
+        frames[i, 0, 20:23] = [0.6, 0.9, 0.6]              # peak at frame 21: 10.75 s; chirp onset 10.5 s
+        frames[i, 1, 60:63] = [0.6, 0.9, 0.6]              # peak at 30.75 s; trill onset 28.5 s, 6 s long
+        rows += [("r%d" % i, 0, 10.5, 11.0), ("r%d" % i, 1, 28.5, 34.5)]
+    frames[0, 2, 100:103] = [0.6, 0.9, 0.6]                # one box only for class 2
+    rows.append(("r0", 2, 50.5, 51.0))
+    boxes = pd.DataFrame(rows, columns=["recording_id", "class_index", "t_min", "t_max"]).assign(is_tp=True)
+    offset, n = onset_offset(frames, ["r%d" % i for i in range(6)], boxes, np.full(3, 0.5), duration)
+    assert n.tolist() == [6, 6, 1]
+    assert offset[0] == pytest.approx(-0.25) and offset[1] == pytest.approx(-2.25)
+    assert offset[2] == pytest.approx(np.median([-0.25] * 6 + [-2.25] * 6 + [-0.25]))   # pooled
+    events = merge_events(frames[0], np.full(3, 0.5), fps, duration, onset_offset_s=offset)
+    assert events["start_s"].tolist() == [pytest.approx(10.5), pytest.approx(28.5), pytest.approx(50.5)]
 
 
 def test_the_clip_gate_keeps_events_of_classes_likely_in_the_file():

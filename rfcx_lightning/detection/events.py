@@ -20,8 +20,9 @@ Events: consecutive frames at or above the class threshold are one event, ending
 score is the max inside. Its onset (``detect.onset``):
 
 * ``peak`` (default): the time of the event's peak frame (refined between frames by a parabola) plus an
-  offset learnt from the run's own out-of-fold predictions: the median, over the TP boxes, of the box's
-  ``t_min`` minus the peak time of the nearest event of its class (:func:`onset_offset`). Why: an output
+  offset learnt per class from the run's own out-of-fold predictions: the median, over the class's TP
+  boxes, of the box's ``t_min`` minus the peak time of the nearest event of its class (:func:`onset_offset`;
+  classes with few such boxes take the median over all classes). Why: an output
   frame of a CNN spans the backbone's time stride (0.64 s for the cpu preset's band detector) and its
   receptive field reaches further, so scores rise well before a call; the first frame above the threshold
   came a median 0.4 s before the onset of a loud call at the hard level, and only 27% of loud calls had an
@@ -38,6 +39,8 @@ import numpy as np
 import pandas as pd
 
 FALLBACK_THRESHOLD = 0.5
+#: TP boxes near an OOF event a class needs for an onset offset of its own (fewer: the pooled offset)
+ONSET_MIN_BOXES = 5
 THRESHOLD_COLUMNS = ("class", "threshold", "n_tp", "n_fp", "precision", "recall", "rule", "note")
 
 
@@ -155,25 +158,26 @@ def peak_time(row: np.ndarray, a: int, b: int, frames_per_second: float) -> floa
 
 
 def merge_events(framewise: np.ndarray, thresholds: np.ndarray, frames_per_second: float,
-                 duration_s: float | None = None, onset_offset_s: float | None = None) -> pd.DataFrame:
+                 duration_s: float | None = None, onset_offset_s: float | np.ndarray | None = None) -> pd.DataFrame:
     """Events of one file: columns class_index, start_s, end_s, score (sorted by start, then class).
 
     ``framewise`` (C, T); a run of consecutive frames with score >= the class's threshold is one event,
     ending with its last frame. Its start: with ``onset_offset_s`` None the start of its first frame
-    (``detect.onset=threshold``), else its peak time plus the offset (``peak``; module docstring), kept
-    within the file and before the event's end.
+    (``detect.onset=threshold``), else its peak time plus the offset (``peak``; one for all classes or one
+    per class; module docstring), kept within the file and before the event's end.
     """
     frames = np.asarray(framewise, np.float32)
+    offsets = None if onset_offset_s is None else np.broadcast_to(np.asarray(onset_offset_s, np.float64), (len(frames),))
     above = frames >= np.asarray(thresholds, np.float32)[:, None]
     rows = []
     for c in np.flatnonzero(above.any(1)):
         for a, b in _runs(above[c]):                                                  # frames [a, b)
             end = b / frames_per_second
             end = min(end, duration_s) if duration_s else end
-            if onset_offset_s is None:
+            if offsets is None:
                 start = a / frames_per_second
             else:
-                start = min(max(0.0, peak_time(frames[c], a, b, frames_per_second) + onset_offset_s),
+                start = min(max(0.0, peak_time(frames[c], a, b, frames_per_second) + offsets[c]),
                             end - 0.5 / frames_per_second)
             rows.append((int(c), start, end, float(frames[c, a:b].max())))
     table = pd.DataFrame(rows, columns=["class_index", "start_s", "end_s", "score"])
@@ -181,17 +185,26 @@ def merge_events(framewise: np.ndarray, thresholds: np.ndarray, frames_per_secon
 
 
 def onset_offset(oof_framewise: np.ndarray, recording_ids, boxes: pd.DataFrame, thresholds: np.ndarray,
-                 duration_s: float, max_distance_s: float = 1.5) -> tuple[float, int]:
-    """The ``peak`` onset's offset: the median over TP boxes of ``t_min`` minus the peak time of the nearest
-    event of the box's class in the run's out-of-fold frames (events within ``max_distance_s`` only), and
-    how many boxes it came from; ``(0.0, 0)`` when no TP box has an event near it."""
+                 duration_s: float, max_distance_s: float = 1.5,
+                 min_boxes: int = ONSET_MIN_BOXES) -> tuple[np.ndarray, np.ndarray]:
+    """The ``peak`` onsets' offsets, one per class, and how many TP boxes each came from.
+
+    For each TP box, the gap from the peak time of the nearest event of its class in the run's out-of-fold
+    frames to the box's ``t_min``, counted when within ``max_distance_s`` or the class's median TP box
+    length, whichever is longer. A class with at least ``min_boxes`` gaps gets their median; the others
+    get the median of all classes' gaps (0.0 when there is none). Why per class: a long call (a 6.5 s
+    trill) peaks seconds after its onset, a chirp at it, so one offset for all misplaced the long calls
+    (docs/results.md "Detection", per class on the default data).
+    """
     row = {str(r): i for i, r in enumerate(recording_ids)}
     frames = np.asarray(oof_framewise, np.float32)
+    n_classes = frames.shape[1]
     fps = frames.shape[-1] / float(duration_s)
     thresholds = np.asarray(thresholds, np.float32)
-    gaps = []
-    for r, c, t_min in boxes.loc[boxes["is_tp"].astype(bool), ["recording_id", "class_index", "t_min"]].itertuples(
-            index=False):
+    tp = boxes.loc[boxes["is_tp"].astype(bool)]
+    lengths = (tp["t_max"] - tp["t_min"]).groupby(tp["class_index"]).median() if "t_max" in tp else pd.Series()
+    gaps: dict[int, list[float]] = {c: [] for c in range(n_classes)}
+    for r, c, t_min in tp[["recording_id", "class_index", "t_min"]].itertuples(index=False):
         i = row.get(str(r))
         if i is None:
             continue
@@ -199,9 +212,13 @@ def onset_offset(oof_framewise: np.ndarray, recording_ids, boxes: pd.DataFrame, 
         if len(peaks):
             gap = float(t_min) - peaks
             nearest = gap[np.argmin(np.abs(gap))]
-            if abs(nearest) <= max_distance_s:
-                gaps.append(nearest)
-    return (float(np.median(gaps)), len(gaps)) if gaps else (0.0, 0)
+            if abs(nearest) <= max(max_distance_s, float(lengths.get(c, 0.0))):
+                gaps[int(c)].append(nearest)
+    pooled = [g for c in gaps for g in gaps[c]]
+    fallback = float(np.median(pooled)) if pooled else 0.0
+    offsets = np.asarray([np.median(gaps[c]) if len(gaps[c]) >= min_boxes else fallback for c in range(n_classes)],
+                         np.float64)
+    return offsets, np.asarray([len(gaps[c]) for c in range(n_classes)])
 
 
 def score_events(detections: pd.DataFrame, calls: pd.DataFrame, tolerance_s: float = 0.5,

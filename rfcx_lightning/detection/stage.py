@@ -354,11 +354,17 @@ class DetectStage:
         self.thresholds = class_thresholds(oof["framewise"], oof_ids, self.boxes, self.class_names,
                                            self.duration_s, self.rule)
         self.gate = self.clip_gate_calibration(run, oof)
-        self.onset_offset_s, self.onset_boxes = None, 0
+        self.onset_offset_s, self.onset_boxes = None, None
         if self.onset == "peak":
             self.onset_offset_s, self.onset_boxes = onset_offset(
                 oof["framewise"], oof_ids, self.boxes, self.thresholds["threshold"].to_numpy(np.float32),
                 self.duration_s)
+
+    def per_class(self, values: np.ndarray | None) -> dict[str, float] | None:
+        """``{class name: value}`` for ``summary.json`` (None stays None: ``detect.onset=threshold``)."""
+        if values is None:
+            return None
+        return {name: round(float(v), 4) for name, v in zip(self.class_names, values)}
 
     def clip_gate_calibration(self, run: DictConfig, oof: dict) -> tuple[np.ndarray, np.ndarray] | None:
         """(class prior, reference) for ``detect.clip_gate``: a file's clip score of a class, odds-scaled so
@@ -536,7 +542,7 @@ class DetectStage:
         summary = {"source": self.source, "files": len(self.files), "detected": len(done), "errors": len(errors),
                    "events": int(len(detections)), "audio_hours": round(hours, 4),
                    "wall_seconds": round(wall_seconds, 1), "threshold": str(self.rule), "onset": self.onset,
-                   "onset_offset_s": self.onset_offset_s, "onset_offset_boxes": self.onset_boxes,
+                   "onset_offset_s": self.per_class(self.onset_offset_s), "onset_offset_boxes": self.per_class(self.onset_boxes),
                    "clip_gate": self.clip_gate if self.gate is not None else 0.0,
                    "odds_to_prior": self.prior is not None}
         write_json(self.out / "summary.json", summary)
