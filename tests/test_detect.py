@@ -132,14 +132,14 @@ def test_peak_onsets_use_the_peak_and_the_offset_learnt_on_tp_boxes():
     early = merge_events(frames, threshold, fps, duration)
     assert early["start_s"].tolist() == [3.0] and early["end_s"].tolist() == [5.0]
     boxes = pd.DataFrame({"recording_id": ["a", "a"], "class_index": [0, 0], "t_min": [4.0, 9.0],
-                          "is_tp": [True, False]})
+                          "t_max": [4.5, 9.5], "is_tp": [True, False]})
     offset, n = onset_offset(frames[None], ["a"], boxes, threshold, duration)
     assert offset.tolist() == [pytest.approx(-0.25)] and n.tolist() == [1]   # the FP box does not count
     peak = merge_events(frames, threshold, fps, duration, onset_offset_s=offset)
     assert peak[["start_s", "end_s"]].values.tolist() == [[pytest.approx(4.0), 5.0]]
     assert merge_events(frames, threshold, fps, duration, onset_offset_s=-9.0)["start_s"].tolist() == [0.0]
     assert merge_events(frames, threshold, fps, duration, onset_offset_s=9.0)["start_s"].tolist() == [4.75]
-    far = boxes.assign(t_min=[9.5, 9.0])                     # no event near the TP box: no offset
+    far = boxes.assign(t_min=[9.5, 9.0], t_max=[10.0, 9.5])  # no event near the TP box: no offset
     offset, n = onset_offset(frames[None], ["a"], far, threshold, duration)
     assert offset.tolist() == [0.0] and n.tolist() == [0]
 

@@ -35,9 +35,10 @@ def _step_times(module, batches: list[dict], warmup: int) -> tuple[list[float], 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if i == 0:
+            first_loss = float(loss.detach())
         if i >= warmup:
             times.append(time.perf_counter() - started)
-        first_loss = float(loss.detach()) if first_loss is None else first_loss
     return times, first_loss
 
 

@@ -202,7 +202,7 @@ def onset_offset(oof_framewise: np.ndarray, recording_ids, boxes: pd.DataFrame, 
     fps = frames.shape[-1] / float(duration_s)
     thresholds = np.asarray(thresholds, np.float32)
     tp = boxes.loc[boxes["is_tp"].astype(bool)]
-    lengths = (tp["t_max"] - tp["t_min"]).groupby(tp["class_index"]).median() if "t_max" in tp else pd.Series()
+    lengths = (tp["t_max"] - tp["t_min"]).groupby(tp["class_index"]).median()
     gaps: dict[int, list[float]] = {c: [] for c in range(n_classes)}
     for r, c, t_min in tp[["recording_id", "class_index", "t_min"]].itertuples(index=False):
         i = row.get(str(r))

@@ -360,11 +360,13 @@ class DetectStage:
                 oof["framewise"], oof_ids, self.boxes, self.thresholds["threshold"].to_numpy(np.float32),
                 self.duration_s)
 
-    def per_class(self, values: np.ndarray | None) -> dict[str, float] | None:
-        """``{class name: value}`` for ``summary.json`` (None stays None: ``detect.onset=threshold``)."""
+    def per_class(self, values: np.ndarray | None) -> dict[str, float | int] | None:
+        """``{class name: value}`` for ``summary.json``, counts kept whole (None stays None:
+        ``detect.onset=threshold``)."""
         if values is None:
             return None
-        return {name: round(float(v), 4) for name, v in zip(self.class_names, values)}
+        return {name: round(v, 4) if isinstance(v, float) else v
+                for name, v in zip(self.class_names, np.asarray(values).tolist())}
 
     def clip_gate_calibration(self, run: DictConfig, oof: dict) -> tuple[np.ndarray, np.ndarray] | None:
         """(class prior, reference) for ``detect.clip_gate``: a file's clip score of a class, odds-scaled so
