@@ -51,6 +51,34 @@ def predict_framewise(model: torch.nn.Module, wave: torch.Tensor, mode: str = "w
     raise ValueError(f"predict.mode={mode!r}: choose one of {MODES}")
 
 
+def predict_valid(predict, wave: torch.Tensor, n_valid: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``predict(wave) -> (framewise (B, C, T), clip (B, C))`` of a batch of recordings zero-padded to one
+    length, with each recording shorter than the batch (``n_valid`` samples of its own) predicted on its
+    own samples alone and its frames past its end set to 0.
+
+    Why: a batch (and the N x C x T prediction files) needs one length, but zeros are not silence to a
+    network whose front-end normalises per input, and the clip score of a padded pass would mix in what
+    the model makes of them. A 0 frame never raises a max, the default clip aggregation. Recordings as
+    long as the batch (every recording, when they all have ``data.duration_s``) take the batched pass alone.
+    """
+    framewise, clip = predict(wave)
+    if n_valid is None:
+        return framewise, clip
+    short = torch.nonzero(n_valid < wave.shape[-1]).flatten().tolist()
+    if not short:
+        return framewise, clip
+    framewise, clip = framewise.clone(), clip.clone()
+    t = framewise.shape[-1]
+    for i in short:
+        own_frames, own_clip = predict(wave[i:i + 1, :int(n_valid[i])])
+        n = min(t, own_frames.shape[-1])
+        framewise[i] = 0
+        framewise[i, :, :n] = own_frames[0, :, :n].to(framewise.dtype)
+        clip[i] = own_clip[0].to(clip.dtype)
+    return framewise, clip
+
+
 def _predict_multiscale(model, wave, scales, sample_rate, class_scale):
     scales = [float(s) for s in (scales if isinstance(scales, Sequence) and not isinstance(scales, str) else [scales])]
     if not scales:
@@ -100,6 +128,8 @@ def _predict_windows(model, wave, window_seconds, hop_seconds, sample_rate):
     sr = sample_rate or model.frontend.sample_rate
     win, hop = int(window_seconds * sr), int(hop_seconds * sr)
     n = wave.shape[-1]
+    if n <= win:  # a recording no longer than one window is that one window: the whole-recording pass
+        return predict_framewise(model, wave, "whole")
     starts = window_starts(n, win, hop)
     windows = torch.stack([wave[:, s:s + win] for s in starts], 1)  # (B, W, win)
     b, w = windows.shape[:2]

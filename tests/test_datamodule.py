@@ -100,3 +100,19 @@ def test_epoch_sampler_chains_draws_up_to_min_items():
     assert counts[4:].sum() >= 10 and len(set(epoch[9:18])) == 9       # a second full, fresh draw
     big = TPFPEpochSampler(is_tp, fp_fraction=0.25, seed=1, min_items=5)
     assert len(big) == 9 and list(big) == list(TPFPEpochSampler(is_tp, 0.25, seed=1))  # never shortened
+
+
+def test_crops_stay_inside_a_recording_shorter_than_the_grid(tiny_set, tmp_path):
+    """``data.duration_s=auto``: a 9 s recording on a 20 s grid; a crop around its last box ends at its end."""
+    cache, recordings = tiny_set
+    short = tmp_path / "short.flac"
+    sf.write(short, (0.1 * np.random.default_rng(1).standard_normal(SR * 9)).astype(np.float32), SR)
+    cache.build([("train", "short", short)], workers=1, progress=False, expected_sr=SR, expected_duration_s=None)
+    boxes = pd.DataFrame({"recording_id": ["short"], "species_id": [0], "songtype_id": [1], "t_min": [7.5],
+                          "t_max": [8.5], "f_min": [100.0], "f_max": [900.0], "is_tp": [True], "class_index": [0]})
+    rec = RecordingSet("train", ("short",), BoxIndex.from_frame(boxes, ["short"]))
+    dataset = BoxCropDataset(cache, rec, np.array([0]), n_classes=1, crop_seconds=4.0, label_hz=10,
+                             sample_rate=SR, duration_s=20.0, jitter=True)
+    assert dataset.seconds("train", "short") == 9.0 and dataset.seconds("train", "abc123def") == 20.0
+    starts = [dataset.crop_start(7.5, 8.5, u, dataset.seconds("train", "short")) for u in np.linspace(0, 0.999, 20)]
+    assert min(starts) >= 4.5 and max(starts) <= 5.0                    # box inside, crop inside the 9 s

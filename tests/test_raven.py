@@ -255,9 +255,17 @@ def test_conversion_errors_name_the_file_line_and_column(tmp_path):
     (root / "lost.Table.1.selections.txt").unlink()
     # a recording of another length than data.duration_s
     write_recording(root / "short.flac", seconds=20.0)
-    with pytest.raises(AnnotationError, match=r"short.flac: 20.000 s long, but data.duration_s=60"):
+    with pytest.raises(AnnotationError, match=r"short.flac: 20.000 s long, but data.duration_s=60; set "
+                                              r"data.duration_s to the recordings' length, or data.duration_s=auto"):
         convert_raven_root(source(root), tmp_path / "c2")
+    # ... which data.duration_s=auto takes, checking each table against its own recording's end
+    write_raw_table(root / "short.Table.1.selections.txt", ["1\tSpectrogram 1\t1\t18.0\t21.0\t100\t900\tfrog"],
+                    header=HEADER + "\tSpecies")
+    with pytest.raises(AnnotationError, match=r"short.Table.1.selections.txt: line 2, field 'End Time \(s\)': "
+                                              r"after the end of the 20.0 s recording"):
+        convert_raven_root(source(root, duration_s=None), tmp_path / "c2")
     (root / "short.flac").unlink()
+    (root / "short.Table.1.selections.txt").unlink()
     with pytest.raises(AnnotationError, match=r"rec0.flac: sample rate 16000 Hz, but data.native_sample_rate=48000"):
         convert_raven_root(RavenSource(root=root), tmp_path / "c2")
     assert not (tmp_path / "c2").exists()

@@ -147,7 +147,8 @@ def test_stage_writes_the_outputs_of_a_trained_stage(template_workspace, smoke_d
     assert sorted(oof.recording_id) == train_ids and set(oof.fold) == {0, 1}
 
     with np.load(ws / "template" / "oof_framewise.npz") as oof_frames:
-        assert set(oof_frames.files) == {"recording_id", "fold", "framewise", "clip", "frames_per_second"}
+        assert set(oof_frames.files) == {"recording_id", "fold", "framewise", "clip", "frames_per_second", "seconds"}
+        assert (oof_frames["seconds"] == 60.0).all()                  # each recording's own length
         assert oof_frames["framewise"].dtype == np.float16
         assert oof_frames["framewise"].shape == (len(train_ids), 24, 600)  # 60 s at 10 frames per second
         assert float(oof_frames["frames_per_second"]) == 10.0

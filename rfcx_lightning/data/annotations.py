@@ -24,6 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 
 __all__ = [
     "ANNOTATION_COLUMNS",
@@ -174,6 +175,25 @@ class DataRoot:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
         return (self.train_dir if split == "train" else self.test_dir) / f"{check_recording_id(recording_id)}.flac"
+
+    def recording_seconds(self, split: str, recording_ids: Sequence[str] | None = None) -> dict[str, float]:
+        """Length in seconds of each recording of ``split`` (all of them by default), from the file headers.
+
+        For data sets whose recordings differ in length (``data.duration_s=auto``): boxes are checked
+        against their own recording's end, and the frame grid is the longest recording.
+        """
+        ids = (self.train_ids() if split == "train" else self.test_ids()) if recording_ids is None else recording_ids
+        seconds = {}
+        for rid in ids:
+            path = self.audio_path(split, rid)
+            try:
+                info = sf.info(str(path))
+            except Exception as exc:  # libsndfile raises several types for missing/corrupt files
+                raise AnnotationError(f"{path}: cannot read the audio header ({type(exc).__name__}: {exc})") from exc
+            if info.frames <= 0:
+                raise AnnotationError(f"{path}: empty audio file (0 frames)")
+            seconds[str(rid)] = info.frames / float(info.samplerate)
+        return seconds
 
     def species_ids(self) -> list[int]:
         """Species ids in submission column order.
@@ -346,7 +366,7 @@ def load_annotations(
     is_tp: bool,
     audio_dir: Path | None,
     species_ids: Sequence[int],
-    duration_s: float = 60.0,
+    duration_s: float | Mapping[str, float] = 60.0,
     native_sample_rate: int = 48000,
     time_tolerance_s: float = 0.05,
 ) -> pd.DataFrame:
@@ -355,7 +375,9 @@ def load_annotations(
     Returns ANNOTATION_COLUMNS + `is_tp` (bool), with recording_id as str, species/songtype as int64 and
     times/frequencies as float64; duplicate rows are dropped with a warning. Times within
     `time_tolerance_s` outside [0, duration_s] are clipped (annotation tools round); anything further out
-    is an error. `audio_dir=None` skips the audio-exists check (e.g. for a CSV validated before download).
+    is an error. `duration_s` is one length for every recording, or each recording's own length by id
+    (recordings of different lengths). `audio_dir=None` skips the audio-exists check (e.g. for a CSV
+    validated before download).
     """
     path = Path(path)
     if not path.is_file():
@@ -372,7 +394,7 @@ def load_annotations(
         frame[col] = _parse_numbers(path, raw[col], col, integer=True)
     for col in _FLOAT_COLUMNS:
         frame[col] = _parse_numbers(path, raw[col], col, integer=False)
-    frame = _check_times(path, frame, duration_s, time_tolerance_s)
+    frame = _check_times(path, frame, _row_durations(frame, duration_s), time_tolerance_s)
     _check_frequencies(path, frame, native_sample_rate)
     _check_species(path, frame, species_ids)
     if audio_dir is not None:
@@ -415,26 +437,36 @@ def _field_names(fields: Mapping[str, str] | None):
     return lambda name: fields.get(name, name)
 
 
-def _check_times(path: Path, frame: pd.DataFrame, duration_s: float, tol: float,
+def _row_durations(frame: pd.DataFrame, duration_s: float | Mapping[str, float]) -> float | np.ndarray:
+    """The recording length of every row: one number for all, or each row's recording's own length."""
+    if not isinstance(duration_s, Mapping):
+        return float(duration_s)
+    return frame["recording_id"].map(lambda rid: float(duration_s.get(rid, np.inf))).to_numpy(np.float64)
+
+
+def _check_times(path: Path, frame: pd.DataFrame, duration_s: float | np.ndarray, tol: float,
                  fields: Mapping[str, str] | None = None) -> pd.DataFrame:
     """t_min < t_max, both within the recording; clip excursions no larger than `tol`.
 
-    `fields` renames t_min / t_max in the messages (see _field_names)."""
+    `duration_s` is one length, or one per row (recordings of different lengths). `fields` renames
+    t_min / t_max in the messages (see _field_names)."""
     shown = _field_names(fields)
     t_min, t_max = frame["t_min"].to_numpy(), frame["t_max"].to_numpy()
+    duration = np.broadcast_to(np.asarray(duration_s, dtype=np.float64), t_min.shape)
     for bad, name, problem in (
-        (t_min >= t_max, "t_min", f"{shown('t_min')} must be smaller than {shown('t_max')}"),
-        (t_min < -tol, "t_min", f"before the start of the recording (tolerance {tol} s)"),
-        (t_max > duration_s + tol, "t_max", f"after the end of the {duration_s} s recording (tolerance {tol} s)"),
-        (t_min >= duration_s, "t_min", f"at or after the end of the {duration_s} s recording"),
-        (t_max <= 0, "t_max", "at or before the start of the recording"),
+        (t_min >= t_max, "t_min", lambda i: f"{shown('t_min')} must be smaller than {shown('t_max')}"),
+        (t_min < -tol, "t_min", lambda i: f"before the start of the recording (tolerance {tol} s)"),
+        (t_max > duration + tol, "t_max",
+         lambda i: f"after the end of the {float(duration[i])} s recording (tolerance {tol} s)"),
+        (t_min >= duration, "t_min", lambda i: f"at or after the end of the {float(duration[i])} s recording"),
+        (t_max <= 0, "t_max", lambda i: "at or before the start of the recording"),
     ):
         if bad.any():
             pos = np.flatnonzero(bad)
-            _fail(path, pos.tolist(), shown(name), problem, frame[name].iloc[pos].tolist())
+            _fail(path, pos.tolist(), shown(name), problem(pos[0]), frame[name].iloc[pos].tolist())
     frame = frame.copy()
-    frame["t_min"] = np.clip(t_min, 0.0, duration_s)
-    frame["t_max"] = np.clip(t_max, 0.0, duration_s)
+    frame["t_min"] = np.clip(t_min, 0.0, duration)
+    frame["t_max"] = np.clip(t_max, 0.0, duration)
     return frame
 
 
@@ -493,10 +525,12 @@ def _drop_duplicates(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
 def load_boxes(
     data_root: DataRoot,
     scheme_by_songtype: bool = False,
-    duration_s: float = 60.0,
+    duration_s: float | Mapping[str, float] = 60.0,
     native_sample_rate: int = 48000,
 ) -> tuple[pd.DataFrame, ClassScheme]:
     """All validated TP and FP boxes of a data root, with their class index, and the class scheme.
+
+    ``duration_s``: the recordings' length, or each train recording's own length by id.
 
     Columns: ANNOTATION_COLUMNS + is_tp (bool) + class_index (int64); TP rows first, then FP rows.
     """

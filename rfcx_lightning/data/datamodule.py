@@ -63,9 +63,16 @@ class BoxCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.anchors)
 
-    def crop_start(self, t_min: float, t_max: float, u: float) -> float:
-        """Start time of a crop containing [t_min, t_max]; ``u`` in [0, 1) picks among valid starts."""
-        crop, total = self.crop_seconds, self.duration_s
+    def seconds(self, split: str, recording_id: str) -> float:
+        """The recording's own length: ``duration_s`` (the frame grid) unless its audio ends before it
+        (recordings of different lengths, ``data.duration_s=auto``), so crops stay inside the audio."""
+        n = self.cache.n_samples(split, recording_id)
+        return self.duration_s if n >= int(round(self.duration_s * self.sample_rate)) else n / self.sample_rate
+
+    def crop_start(self, t_min: float, t_max: float, u: float, total: float | None = None) -> float:
+        """Start time of a crop containing [t_min, t_max] in a recording of ``total`` seconds (default
+        ``duration_s``); ``u`` in [0, 1) picks among valid starts."""
+        crop, total = self.crop_seconds, self.duration_s if total is None else float(total)
         if t_max - t_min >= crop:  # long box: any window inside it
             lo, hi = t_min, t_max - crop
         else:
@@ -80,16 +87,21 @@ class BoxCropDataset(Dataset):
         boxes = self.recordings.boxes
         rec = int(self._box_recording[row])
         u = float(torch.rand(())) if self.jitter else 0.5
-        start_s = self.crop_start(float(boxes.t_min[row]), float(boxes.t_max[row]), u)
+        split, rid = self.recordings.split, self.recordings.recording_ids[rec]
+        start_s = self.crop_start(float(boxes.t_min[row]), float(boxes.t_max[row]), u, self.seconds(split, rid))
         start = int(round(start_s * self.sample_rate))
-        wave = self.cache.read(self.recordings.split, self.recordings.recording_ids[rec], start, self.crop_samples)
+        wave = self.cache.read(split, rid, start, self.crop_samples)
         targets, mask = frame_targets(boxes, rec, start_s, self.crop_seconds, self.n_label_frames, self.n_classes)
         return {"wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
                 "targets": torch.from_numpy(targets), "mask": torch.from_numpy(mask)}
 
 
 class RecordingDataset(Dataset):
-    """Whole recordings for prediction; ``index`` lets the prediction writer map outputs back to ids."""
+    """Whole recordings for prediction; ``index`` lets the prediction writer map outputs back to ids.
+
+    Every item has ``n_samples`` (the frame grid); ``n_valid`` says how many of them are the recording's
+    own (fewer for a recording shorter than the grid, ``data.duration_s=auto``: the rest is zeros that
+    :func:`~rfcx_lightning.inference.predict_valid` keeps out of the prediction)."""
 
     def __init__(self, cache: AudioCache, split: str, recording_ids: Sequence[str], n_samples: int):
         self.cache = cache
@@ -101,9 +113,11 @@ class RecordingDataset(Dataset):
         return len(self.recording_ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        wave = self.cache.read(self.split, self.recording_ids[i], 0, self.n_samples)
+        rid = self.recording_ids[i]
+        wave = self.cache.read(self.split, rid, 0, self.n_samples)
         return {"wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
-                "index": torch.tensor(i, dtype=torch.long)}
+                "index": torch.tensor(i, dtype=torch.long),
+                "n_valid": torch.tensor(min(self.n_samples, self.cache.n_samples(self.split, rid)), dtype=torch.long)}
 
 
 def box_anchors(boxes: BoxIndex, recording_mask: np.ndarray, tp_repeat: int = 1) -> np.ndarray:

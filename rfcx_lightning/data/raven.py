@@ -261,7 +261,7 @@ class RavenSource:
     songtype_column: str | None = None
     table_glob: str = "*selection*.txt"
     audio_extensions: tuple[str, ...] = (".flac", ".wav")
-    duration_s: float = 60.0
+    duration_s: float | None = 60.0                  # None (data.duration_s=auto): recordings of any length
     native_sample_rate: int = 48000
     allow_other_rates: bool = False
     duration_tolerance_s: float = 0.1
@@ -304,7 +304,7 @@ class RavenSource:
                    fp_values=listed("fp_values", ("FP",)), skip_values=listed("skip_values", ()),
                    songtype_column=get("songtype_column"), table_glob=str(get("table_glob", "*selection*.txt")),
                    audio_extensions=listed("audio_extensions", (".flac", ".wav")),
-                   duration_s=float(get("duration_s", 60.0)),
+                   duration_s=_duration_setting(get("duration_s", 60.0)),
                    native_sample_rate=int(get("native_sample_rate", 48000)),
                    allow_other_rates=bool(allow_other_rates))
 
@@ -367,11 +367,17 @@ def _owner_of_table(table: Path, ids) -> str | None:
     return None
 
 
+def _duration_setting(value) -> float | None:
+    """``data.duration_s``: a number of seconds, or ``auto`` (None: recordings of any length)."""
+    return None if str(value).strip().lower() == "auto" else float(value)
+
+
 def _check_audio(rec: _Recording, source: RavenSource) -> None:
     """Length and rate as the audio cache will demand them, failing here, naming the user's file.
 
-    The library crops and caches fixed-length recordings of ``data.duration_s``; a shorter file would
-    fail the cache build and a longer one would silently lose its end (and the boxes there).
+    With a fixed ``data.duration_s`` every recording must have that length: a shorter file would fail
+    the cache build and a longer one would silently lose its end (and the boxes there).
+    ``data.duration_s=auto`` (``source.duration_s`` None) takes recordings of any length.
     """
     try:
         info = sf.info(str(rec.path))
@@ -379,11 +385,10 @@ def _check_audio(rec: _Recording, source: RavenSource) -> None:
         raise AnnotationError(f"{rec.path}: cannot read audio ({type(exc).__name__}: {exc})") from exc
     rec.seconds = info.frames / info.samplerate
     rec.native_rate = int(info.samplerate)
-    if abs(rec.seconds - source.duration_s) > source.duration_tolerance_s:
+    if source.duration_s is not None and abs(rec.seconds - source.duration_s) > source.duration_tolerance_s:
         raise AnnotationError(
-            f"{rec.path}: {rec.seconds:.3f} s long, but data.duration_s={source.duration_s:g}: the library "
-            "trains and predicts on recordings of one fixed length; set data.duration_s to the recordings' "
-            "length (they must all have it) or cut them to that length")
+            f"{rec.path}: {rec.seconds:.3f} s long, but data.duration_s={source.duration_s:g}; set "
+            "data.duration_s to the recordings' length, or data.duration_s=auto for recordings of any length")
     if info.samplerate != source.native_sample_rate and not source.allow_other_rates:
         raise AnnotationError(
             f"{rec.path}: sample rate {info.samplerate} Hz, but data.native_sample_rate="
@@ -423,11 +428,12 @@ def _read_boxes(source: RavenSource, recordings: dict[str, _Recording], tables: 
         owner = _owner_of_table(table, recordings)
         if owner is not None and recordings[owner].split == "test" and source.test_dir is not None:
             continue                                    # a test recording's table: not training data
-        # every recording is data.duration_s long (checked first, _check_audio), so the tables are checked
-        # against that length and the recordings' Nyquist, at the table's own lines
+        # the recordings' lengths and rates are known (_check_audio, first), so a table is checked against
+        # its recording's end and Nyquist at the table's own lines (a multi-file table without an owner,
+        # under data.duration_s=auto, is checked per recording when the converted root is loaded)
         rate = recordings[owner].native_rate if owner else source.native_sample_rate
-        rows = read_selection_table(table, required=required, duration_s=source.duration_s,
-                                    native_sample_rate=rate)
+        length = recordings[owner].seconds if owner and source.duration_s is None else source.duration_s
+        rows = read_selection_table(table, required=required, duration_s=length, native_sample_rate=rate)
         if rows.empty:
             continue
         rid = np.where(rows["file"] != "", rows["file"], owner or "")
@@ -612,7 +618,8 @@ def convert_raven_root(source: RavenSource, dest: str | os.PathLike) -> Path:
             write_csv(tmp / SOURCES_CSV, sources[["csv", "recording_id", "species_id", "t_min", "table", "line"]],
                       float_format=None)
             native = max([source.native_sample_rate] + [r.native_rate for r in recordings.values()])
-            load_boxes(DataRoot(tmp), duration_s=source.duration_s, native_sample_rate=native)
+            lengths = {rid: recordings[rid].seconds for rid in train} if source.duration_s is None else None
+            load_boxes(DataRoot(tmp), duration_s=lengths or source.duration_s, native_sample_rate=native)
             counts = {"train_recordings": len(train), "test_recordings": len(test),
                       "tp_boxes": int(boxes.is_tp.sum()), "fp_boxes": int((~boxes.is_tp).sum()),
                       "species": len(species)}

@@ -300,15 +300,13 @@ class PipelineStage:
             return np.full(len(members), 1.0 / len(members))
         todo = [m for m in members if m not in self._box_aurocs]
         if todo:
-            from ..data.annotations import DataRoot, load_boxes
-            from ..stages.context import resolve_data_root
+            from ..data.annotations import DataRoot
+            from ..stages.context import load_data_boxes, resolve_data_root
 
-            data = self.cfg.data   # the root exists by now (round 0 made it); resolving it again makes nothing
-            boxes, _ = load_boxes(DataRoot(resolve_data_root(self.cfg, True)),
-                                  scheme_by_songtype=bool(data.by_songtype), duration_s=float(data.duration_s),
-                                  native_sample_rate=int(data.native_sample_rate))
+            # the root exists by now (round 0 made it); resolving it again makes nothing
+            boxes, _, grid_seconds = load_data_boxes(self.cfg, DataRoot(resolve_data_root(self.cfg, True)))
             for member in todo:
-                self._box_aurocs[member] = round_box_auroc(self.workspace / member, boxes, float(data.duration_s))
+                self._box_aurocs[member] = round_box_auroc(self.workspace / member, boxes, grid_seconds)
         aurocs = [self._box_aurocs[m] for m in members]
         weights = teacher_weights(aurocs, "skill")
         print("pipeline: ensemble weights " + ", ".join(f"{m} {w:.2f} (box AUROC {a:.3f})"

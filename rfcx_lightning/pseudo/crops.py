@@ -111,15 +111,17 @@ class PseudoCropDataset(BoxCropDataset):
         rng = np.random.default_rng((self.seed, int(epoch), int(item)))
         if rng.random() < self.p_box_crop:
             row = int(self.anchors[rng.choice(len(self.anchors), p=self.anchor_p)])
-            boxes = self.recordings.boxes
-            start_s = self.crop_start(float(boxes.t_min[row]), float(boxes.t_max[row]), float(rng.random()))
-            return None, int(self._box_recording[row]), start_s, True
+            boxes, rec = self.recordings.boxes, int(self._box_recording[row])
+            total = self.seconds(self.recordings.split, self.recordings.recording_ids[rec])
+            start_s = self.crop_start(float(boxes.t_min[row]), float(boxes.t_max[row]), float(rng.random()), total)
+            return None, rec, start_s, True
         return (*self.random_window(rng), False)
 
     def random_window(self, rng: np.random.Generator) -> tuple[RandomCropSource, int, float]:
         """(source, recording index in it, crop start in s) of a random window of the random sources."""
         source, rec = self._random[int(rng.integers(len(self._random)))]
-        return source, rec, float(rng.uniform(0.0, max(0.0, self.duration_s - self.crop_seconds)))
+        total = self.seconds(source.split, source.recording_ids[rec])
+        return source, rec, float(rng.uniform(0.0, max(0.0, total - self.crop_seconds)))
 
     def mix_partner(self, epoch: int, item: int) -> tuple[RandomCropSource, int, float] | None:
         """The random window mixed into item ``item`` of ``epoch``, or None (probability ``1 - mix_p``).

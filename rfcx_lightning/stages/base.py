@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..features.augment import mixup, waveform_gain_noise
-from ..inference import predict_framewise
+from ..inference import predict_framewise, predict_valid
 from ..losses import build_loss
 from ..metrics import MaskedFrameAUROC
 from ..models.factory import build_detector
@@ -125,7 +125,8 @@ class StageModule(pl.LightningModule):
         self.val_auroc.reset()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        framewise, clip = predict_framewise(self.model, batch["wave"], **self.predict_cfg)
+        framewise, clip = predict_valid(lambda wave: predict_framewise(self.model, wave, **self.predict_cfg),
+                                        batch["wave"], batch.get("n_valid"))
         return {"index": batch["index"], "framewise": framewise, "clip": clip}
 
     def configure_optimizers(self) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..data.annotations import ClassScheme, DataRoot, load_boxes
@@ -69,6 +69,10 @@ def resolve_data_root(cfg: DictConfig, is_global_zero: bool) -> Path:
         return root
     from ..data.synthetic import SyntheticConfig, ensure_synthetic
 
+    if is_auto_length(data.duration_s):
+        raise ValueError("data.duration_s=auto is for recordings of different lengths; the synthetic data are "
+                         "generated at one length: give it in seconds (data.duration_s=60)")
+
     config = SyntheticConfig(n_train=int(data.n_train), n_test=int(data.n_test), seed=int(data.seed),
                              difficulty=str(data.difficulty), duration_s=float(data.duration_s),
                              sample_rate=int(data.native_sample_rate),
@@ -78,6 +82,36 @@ def resolve_data_root(cfg: DictConfig, is_global_zero: bool) -> Path:
     else:
         wait_for(lambda: (root / "manifest.json").exists(), f"synthetic data at {root}")
     return root
+
+
+def is_auto_length(value) -> bool:
+    """``data.duration_s=auto``: the recordings differ in length."""
+    return str(value).strip().lower() == "auto"
+
+
+def recording_lengths(cfg: DictConfig, data_root: DataRoot) -> tuple[float, dict[str, float] | None]:
+    """``(grid seconds, each train recording's own length or None)`` for ``data.duration_s``.
+
+    A number: every recording has that length (longer files are trimmed, shorter ones are an error), the
+    Kaggle RFCx case. ``auto``: recordings of any length. Framewise predictions of a split are then
+    stacked on the grid of the longest recording (frames past a recording's end are 0, and its own length
+    is kept beside them); training crops and pseudo-label windows stay inside each recording, and boxes
+    are checked against their own recording's end.
+    """
+    if not is_auto_length(cfg.data.duration_s):
+        return float(cfg.data.duration_s), None
+    train = data_root.recording_seconds("train")
+    test = data_root.recording_seconds("test") if data_root.test_dir.is_dir() else {}
+    return max([*train.values(), *test.values()]), train
+
+
+def load_data_boxes(cfg: DictConfig, data_root: DataRoot) -> tuple[pd.DataFrame, ClassScheme, float]:
+    """The data root's validated TP/FP boxes, class scheme and grid length in seconds (``data.*`` keys)."""
+    grid, lengths = recording_lengths(cfg, data_root)
+    boxes, scheme = load_boxes(data_root, scheme_by_songtype=bool(cfg.data.by_songtype),
+                               duration_s=lengths if lengths is not None else grid,
+                               native_sample_rate=int(cfg.data.native_sample_rate))
+    return boxes, scheme, grid
 
 
 def wait_for(ready, what: str, timeout_s: float = 3600.0, poll_s: float = 2.0) -> None:
@@ -167,9 +201,11 @@ def prepare_context(cfg: DictConfig) -> StageContext:
     root = resolve_data_root(cfg, is_global_zero)
     data_root = DataRoot(root)
     data_root.check(require_test=True)
-    boxes, scheme = load_boxes(data_root, scheme_by_songtype=bool(data.by_songtype),
-                               duration_s=float(data.duration_s),
-                               native_sample_rate=int(data.native_sample_rate))
+    variable_length = is_auto_length(data.duration_s)
+    boxes, scheme, grid_seconds = load_data_boxes(cfg, data_root)
+    if variable_length:  # every later reader of data.duration_s sees the grid: the longest recording
+        with open_dict(cfg):
+            cfg.data.duration_s = grid_seconds
     train_ids, test_ids = data_root.train_ids(), data_root.test_ids()
     species = list(data_root.species_ids())
 
@@ -178,7 +214,8 @@ def prepare_context(cfg: DictConfig) -> StageContext:
         items = [("train", rid, data_root.audio_path("train", rid)) for rid in train_ids]
         items += [("test", rid, data_root.audio_path("test", rid)) for rid in test_ids]
         cache.build(items, workers=int(cfg.audio.workers), expected_sr=int(data.native_sample_rate),
-                    expected_duration_s=float(data.duration_s), downmix=bool(cfg.audio.downmix),
+                    expected_duration_s=None if variable_length else float(data.duration_s),
+                    downmix=bool(cfg.audio.downmix),
                     allow_resample_other_rates=bool(cfg.audio.allow_other_rates))
     else:
         wait_for(lambda: all(cache.has("train", r) for r in train_ids) and

@@ -187,9 +187,11 @@ class KFoldStage(StageRun):
 
         fps = self._output_frames_per_second(oof_frames.shape[-1])
         write_npz(self.dir / "oof_framewise.npz", recording_id=np.asarray(train_ids), fold=oof_fold,
-                  framewise=oof_frames, clip=oof_model_clip, frames_per_second=np.float32(fps))
+                  framewise=oof_frames, clip=oof_model_clip, frames_per_second=np.float32(fps),
+                  seconds=self.recording_seconds("train", train_ids))
         write_npz(self.dir / "test_framewise.npz", recording_id=np.asarray(ctx.test_ids), framewise=test_frames,
-                  clip=np.mean([p["clip"] for p in test_parts], axis=0), frames_per_second=np.float32(fps))
+                  clip=np.mean([p["clip"] for p in test_parts], axis=0), frames_per_second=np.float32(fps),
+                  seconds=self.recording_seconds("test", ctx.test_ids))
 
         # the CSVs' clip scores: the configured temporal chain (smoothing, aggregation, folds combined
         # framewise by default); the npz files above keep the model's own clip output
@@ -227,6 +229,12 @@ class KFoldStage(StageRun):
         if self.joins_pool:
             register_stage(self)  # add these predictions to the pseudo-label pool (W/pool/index.json)
         return scores
+
+    def recording_seconds(self, split: str, recording_ids) -> np.ndarray:
+        """Each recording's own length in seconds, beside its framewise row (whose frames run on to
+        ``data.duration_s``, the longest recording, and are 0 past its own end)."""
+        grid, sr, cache = float(self.cfg.data.duration_s), int(self.cfg.audio.sample_rate), self.ctx.cache
+        return np.asarray([min(grid, cache.n_samples(split, r) / sr) for r in recording_ids], dtype=np.float32)
 
     def _output_frames_per_second(self, n_frames: int) -> float:
         return n_frames / float(self.cfg.data.duration_s)

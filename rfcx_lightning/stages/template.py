@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..data.datamodule import FoldDataModule
-from ..inference import ShardedPredictionWriter
+from ..inference import ShardedPredictionWriter, predict_valid
 from ..models.template import TemplateBank, TemplateMatcher
 from ..workspace import atomic_path
 from .runner import KFoldStage
@@ -45,8 +45,12 @@ class TemplateModule(pl.LightningModule):
         self.matcher = matcher
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        out = self.matcher(batch["wave"])
-        return {"index": batch["index"], "framewise": out["framewise"].half(), "clip": out["clip"].float()}
+        def match(wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.matcher(wave)
+            return out["framewise"].half(), out["clip"].float()
+
+        framewise, clip = predict_valid(match, batch["wave"], batch.get("n_valid"))
+        return {"index": batch["index"], "framewise": framewise, "clip": clip}
 
 
 class TemplateStage(KFoldStage):
