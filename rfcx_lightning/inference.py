@@ -79,6 +79,17 @@ def predict_valid(predict, wave: torch.Tensor, n_valid: torch.Tensor | None = No
     return framewise, clip
 
 
+def predict_batch(predict, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ``predict_step``'s output for :class:`ShardedPredictionWriter`: ``predict`` (wave -> framewise,
+    clip) on the batch's recordings (:func:`predict_valid`), with the item indices and each recording's
+    own length in samples (``n_valid``, when the batch says it), which the prediction files keep."""
+    framewise, clip = predict_valid(predict, batch["wave"], batch.get("n_valid"))
+    out = {"index": batch["index"], "framewise": framewise, "clip": clip}
+    if "n_valid" in batch:
+        out["n_valid"] = batch["n_valid"]
+    return out
+
+
 def _predict_multiscale(model, wave, scales, sample_rate, class_scale):
     scales = [float(s) for s in (scales if isinstance(scales, Sequence) and not isinstance(scales, str) else [scales])]
     if not scales:
@@ -213,6 +224,7 @@ class ShardedPredictionWriter(BasePredictionWriter):
         self._index: list[np.ndarray] = []
         self._framewise: list[np.ndarray] = []
         self._clip: list[np.ndarray] = []
+        self._n_valid: list[np.ndarray] = []
 
     def start(self, out_path: str | Path, recording_ids: Sequence[str]) -> None:
         self._reset(Path(out_path), recording_ids)
@@ -235,6 +247,8 @@ class ShardedPredictionWriter(BasePredictionWriter):
         self._index.append(prediction["index"].cpu().numpy())
         self._framewise.append(prediction["framewise"].cpu().numpy().astype(np.float16))
         self._clip.append(prediction["clip"].cpu().numpy().astype(np.float32))
+        if "n_valid" in prediction:
+            self._n_valid.append(prediction["n_valid"].cpu().numpy().astype(np.int64))
 
     def finish(self, trainer, extra: dict[str, np.ndarray] | None = None) -> Path | None:
         """Write this rank's shard, wait for all ranks, merge on rank 0; returns the merged path."""
@@ -242,8 +256,9 @@ class ShardedPredictionWriter(BasePredictionWriter):
         rank, world = trainer.global_rank, trainer.world_size
         shard = rank_shard(self.out_path, rank)
         if self._index:
+            lengths = {"n_valid": np.concatenate(self._n_valid)} if len(self._n_valid) == len(self._index) else {}
             write_npz(shard, index=np.concatenate(self._index), framewise=np.concatenate(self._framewise),
-                      clip=np.concatenate(self._clip))
+                      clip=np.concatenate(self._clip), **lengths)
         else:  # a rank can get no item when there are fewer items than ranks
             write_npz(shard, index=np.zeros(0, np.int64), framewise=np.zeros((0, 0, 0), np.float16),
                       clip=np.zeros((0, 0), np.float32))
@@ -272,6 +287,8 @@ def merge_shards(shards: Sequence[Path], out_path: Path, recording_ids: Sequence
         raise RuntimeError(f"{out_path.name}: predictions must cover each recording exactly once; "
                            f"missing {missing}, repeated {repeated}")
     order = np.argsort(index)
+    if all("n_valid" in p for p in parts):  # each recording's own length in samples (recordings of any length)
+        extra = {"n_valid": np.concatenate([p["n_valid"] for p in parts])[order], **extra}
     return write_npz(out_path, recording_id=np.asarray(recording_ids, dtype=str),
                      framewise=np.concatenate([p["framewise"] for p in parts])[order],
                      clip=np.concatenate([p["clip"] for p in parts])[order], **extra)

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rfcx_lightning.data.audio import AudioCache
-from rfcx_lightning.data.datamodule import RecordingSet, box_anchors
+from rfcx_lightning.data.datamodule import CropSettings, LoaderSettings, RecordingSet, box_anchors
 from rfcx_lightning.data.labels import BoxIndex
 from rfcx_lightning.pseudo.crops import PseudoCropDataset, RandomCropSource, mix_crops
 from rfcx_lightning.pseudo.pool import PoolError, PseudoLabelPool, TeacherStack
@@ -134,8 +134,10 @@ def test_random_crops_never_use_the_held_out_fold(crop_world):
     fold_of = np.array([0, 1, 1])
     settings = from_block(CoteachSettings, coteach_block(p_box_crop=0.5), "coteach")
     datamodule = CoteachDataModule(train_stack, None, settings, cache=cache, train=train, fold_of_recording=fold_of,
-                                   fold=0, n_classes=C, crop_seconds=CROP, label_hz=10, sample_rate=SR,
-                                   duration_s=DURATION, batch_size=4, predict_batch_size=2, num_workers=0)
+                                   fold=0, n_classes=C, sample_rate=SR, duration_s=DURATION,
+                                   crops=CropSettings(seconds=CROP, label_hz=10, tp_repeat=1, fp_fraction=1.0,
+                                                      min_per_epoch=0),
+                                   loader=LoaderSettings(batch_size=4, num_workers=0, predict_batch_size=2))
     dataset = datamodule.train_dataset(n_frames=N_FRAMES)
     used = set()
     for i in range(300):

@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 
 from rfcx_lightning.data.audio import AudioCache
-from rfcx_lightning.data.datamodule import BoxCropDataset, FoldDataModule, RecordingSet, box_anchors
+from rfcx_lightning.data.datamodule import (BoxCropDataset, CropSettings, FoldDataModule, LoaderSettings, RecordingSet,
+                                            box_anchors)
 from rfcx_lightning.data.labels import BoxIndex
 
 SR = 8000
@@ -65,9 +66,10 @@ def test_box_at_recording_end_and_long_box_crop(tiny_set):
 
 def test_fold_split_uses_disjoint_recordings(tiny_set):
     cache, recordings = tiny_set
-    dm = FoldDataModule(cache, recordings, np.array([0, 1]), fold=1, n_classes=2, crop_seconds=4.0,
-                        label_hz=10, sample_rate=SR, duration_s=20.0, batch_size=2, predict_batch_size=1,
-                        num_workers=0, tp_repeat=3)
+    dm = FoldDataModule(cache, recordings, np.array([0, 1]), fold=1, n_classes=2,
+                        crops=CropSettings(seconds=4.0, label_hz=10, tp_repeat=3, fp_fraction=1.0, min_per_epoch=0),
+                        loader=LoaderSettings(batch_size=2, num_workers=0, predict_batch_size=1),
+                        sample_rate=SR, duration_s=20.0)
     train_rows = dm.train_dataset().anchors
     val_rows = dm.val_dataset().anchors
     assert sorted(set(train_rows)) == [0, 1] and list(val_rows) == [2]

@@ -39,12 +39,14 @@ def pool(tmp_path):
     return pool
 
 
-def test_index_is_persisted_with_relative_paths_and_add_is_idempotent(pool, tmp_path):
-    raw = json.loads((tmp_path / "pool" / "index.json").read_text())
-    assert [e["name"] for e in raw["entries"]] == ["bootstrap", "round1_coteach"]
-    assert raw["entries"][0]["oof"] == "bootstrap/oof_framewise.npz"
-    assert raw["entries"][1]["round"] == 1 and raw["entries"][0]["round"] is None
-    assert "created" in raw["entries"][0]["provenance"]
+def test_the_pool_is_a_view_of_state_json_with_relative_paths_and_add_is_idempotent(pool, tmp_path):
+    raw = json.loads((tmp_path / "state.json").read_text())["stages"]
+    assert list(raw) == ["bootstrap", "round1_coteach"]
+    assert raw["bootstrap"]["outputs"]["oof_framewise.npz"] == "bootstrap/oof_framewise.npz"
+    assert "created" in raw["bootstrap"]["provenance"]
+    assert not (tmp_path / "pool").exists()                           # one record: state.json
+    entries = PseudoLabelPool(tmp_path, writable=False).entries()
+    assert [(e.round, e.kind) for e in entries] == [(None, "bootstrap"), (1, "coteach")]
 
     paths = write_stage(tmp_path, "bootstrap", seed=7)                  # the stage re-finalized
     pool.add("bootstrap", "bootstrap", paths["oof"], paths["test"], {"config": {"seed": 7}})
@@ -55,6 +57,15 @@ def test_index_is_persisted_with_relative_paths_and_add_is_idempotent(pool, tmp_
         reopened.add("x", "x", paths["oof"], paths["test"])
     with pytest.raises(PoolError, match="do not exist"):
         pool.add("ghost", "x", tmp_path / "none.npz", paths["test"])
+
+
+def test_unfinished_and_reference_runs_do_not_teach(pool, tmp_path):
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["stages"]["round2_coteach"] = {"folds": {"0": {"status": "done"}}, "outputs": {}, "metrics": {}}
+    oracle = dict(state["stages"]["bootstrap"], joins_pool=False)
+    state["stages"]["oracle"] = oracle
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    assert [e.name for e in PseudoLabelPool(tmp_path).entries()] == ["bootstrap", "round1_coteach"]
 
 
 def test_select_rules_and_empty_pool(pool, tmp_path):
@@ -68,10 +79,9 @@ def test_select_rules_and_empty_pool(pool, tmp_path):
         PseudoLabelPool(tmp_path / "empty").select("latest")
 
 
-def test_corrupt_index_fails_clearly(tmp_path):
-    (tmp_path / "pool").mkdir()
-    (tmp_path / "pool" / "index.json").write_text("{not json")
-    with pytest.raises(PoolError, match="index.json is not a valid pool index"):
+def test_corrupt_state_fails_clearly(tmp_path):
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(PoolError, match="state.json is not valid JSON"):
         PseudoLabelPool(tmp_path)
 
 

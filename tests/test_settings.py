@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from rfcx_lightning.data.datamodule import CropSettings, LoaderSettings
 from rfcx_lightning.detection.stage import DetectSettings
 from rfcx_lightning.orchestration.pipeline import PipelineSettings
 from rfcx_lightning.run import available_stages, config_dir, load_config
@@ -57,7 +58,8 @@ def test_a_missing_key_is_an_error_naming_it():
 
 
 # every block that has a settings class, built from every recipe that carries it, under every preset
-BLOCKS = {"coteach": CoteachSettings, "noisy_student": NoisyStudentSettings, "detect": DetectSettings}
+BLOCKS = {"coteach": CoteachSettings, "noisy_student": NoisyStudentSettings, "detect": DetectSettings,
+          "crops": CropSettings, "loader": LoaderSettings}
 
 
 @pytest.mark.parametrize("preset", ["quick", "cpu", "full", "smoke"])
@@ -93,3 +95,5 @@ def test_a_misspelt_key_added_to_a_block_names_the_key():
         from_block(CoteachSettings, cfg.coteach, "coteach")
     with pytest.raises(ValueError, match=r"pipeline\.max_round\b"):
         PipelineSettings.from_cfg(load_config(["stage=pipeline", "+pipeline.max_round=3"]).pipeline)
+    with pytest.raises(ValueError, match=r"crops\.min_per_epcoh"):
+        from_block(CropSettings, load_config(["+crops.min_per_epcoh=3"]).crops, "crops")

@@ -25,6 +25,26 @@ from .labels import BoxIndex, frame_targets
 
 
 @dataclass(frozen=True)
+class CropSettings:
+    """The ``crops:`` block (stages/base.yaml, each default written there): training crops around boxes."""
+
+    seconds: float
+    label_hz: float
+    tp_repeat: int
+    fp_fraction: float
+    min_per_epoch: int
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """The ``loader:`` block: batch sizes (training crops, whole recordings to predict) and workers."""
+
+    batch_size: int
+    num_workers: int
+    predict_batch_size: int
+
+
+@dataclass(frozen=True)
 class RecordingSet:
     """Recordings of one split that live in the audio cache, with their box index (may have no boxes)."""
 
@@ -173,25 +193,24 @@ class FoldDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, cache: AudioCache, train: RecordingSet, fold_of_recording: np.ndarray, fold: int,
-                 n_classes: int, crop_seconds: float, label_hz: float, sample_rate: int, duration_s: float,
-                 batch_size: int, predict_batch_size: int, num_workers: int, tp_repeat: int = 1,
-                 fp_fraction: float = 1.0, min_per_epoch: int = 0, seed: int = 0,
-                 predict_sets: dict[str, tuple[str, Sequence[str]]] | None = None):
+                 n_classes: int, crops: CropSettings, loader: LoaderSettings, sample_rate: int, duration_s: float,
+                 seed: int = 0, predict_sets: dict[str, tuple[str, Sequence[str]]] | None = None):
         super().__init__()
         self.cache = cache
         self.train_set = train
         self.fold_of_recording = np.asarray(fold_of_recording)
         self.fold = fold
         self.n_classes = n_classes
-        self.crop_kwargs = dict(n_classes=n_classes, crop_seconds=crop_seconds, label_hz=label_hz,
+        self.crops, self.loader = crops, loader
+        self.crop_kwargs = dict(n_classes=n_classes, crop_seconds=float(crops.seconds), label_hz=float(crops.label_hz),
                                 sample_rate=sample_rate, duration_s=duration_s)
         self.n_samples = int(round(duration_s * sample_rate))
-        self.batch_size = batch_size
-        self.predict_batch_size = predict_batch_size
-        self.num_workers = num_workers
-        self.tp_repeat = tp_repeat
-        self.fp_fraction = fp_fraction
-        self.min_per_epoch = int(min_per_epoch)
+        self.batch_size = int(loader.batch_size)
+        self.predict_batch_size = int(loader.predict_batch_size)
+        self.num_workers = int(loader.num_workers)
+        self.tp_repeat = int(crops.tp_repeat)
+        self.fp_fraction = float(crops.fp_fraction)
+        self.min_per_epoch = int(crops.min_per_epoch)
         self.seed = seed
         self.predict_sets = dict(predict_sets or {})
         self.predict_name: str | None = None

@@ -2,11 +2,11 @@
 
 Each K-fold stage run (bootstrap, template, coteach, noisy_student, ...) leaves out-of-fold framewise
 predictions for every train recording and fold-averaged ones for every test recording
-(``W/<name>/oof_framewise.npz``, ``W/<name>/test_framewise.npz``, float16). The pool is an index of those
-files, ``W/pool/index.json``, one entry per stage run in the order they were added, with what produced
-them (stage kind, round, resolved config, checkpoints, metrics, time). The predictions are not copied:
-the stage files are already compact and written atomically, and a rerun of a stage re-registers the same
-name, so the entry and its files never disagree.
+(``W/<name>/oof_framewise.npz``, ``W/<name>/test_framewise.npz``, float16), and records them in the
+workspace's ``state.json`` when it finishes. The pool is a view of that record, not a second one: every
+finished run with both files, in run order, except the reference runs that never teach (``"joins_pool":
+false``, the oracle), with what produced them (stage kind, round, resolved config, checkpoints, metrics).
+A rerun of a stage rewrites the same record, so an entry and its files never disagree.
 
 Later rounds read teachers from the pool: :meth:`PseudoLabelPool.select` picks entries ("latest", "all",
 or names), :meth:`PseudoLabelPool.load` stacks them into a :class:`TeacherStack` aligned to the recordings
@@ -17,20 +17,19 @@ poor targets, exactly as they make a poor submission).
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..postprocess import odds_scale_to_prior
-from ..workspace import parse_round_name, read_prediction_rows, select_runs, write_json
+from ..workspace import RunState, parse_round_name, read_prediction_rows, run_kind, select_runs
 
-__all__ = ["PoolEntry", "PoolError", "PseudoLabelPool", "TeacherStack", "register_stage"]
+__all__ = ["PoolEntry", "PoolError", "PseudoLabelPool", "TeacherStack"]
 
-INDEX = Path("pool") / "index.json"
+OUTPUTS = {"oof": "oof_framewise.npz", "test": "test_framewise.npz"}   # a run's files the pool serves
 _SPLIT_KEY = {"train": "oof", "test": "test"}
 
 
@@ -90,85 +89,76 @@ class TeacherStack:
 
 
 class PseudoLabelPool:
-    """``W/pool/index.json``: the teachers available to pseudo-label stages, in insertion order.
+    """The teachers available to pseudo-label stages: a view of ``W/state.json`` (see the module docstring).
 
     Only one process (global rank 0) should write; readers open it with ``writable=False``.
     """
 
     def __init__(self, workspace: str | Path, writable: bool = True):
         self.workspace = Path(workspace)
-        self.path = self.workspace / INDEX
         self.writable = writable
-        self._entries = self._load_index()
-
-    # -- index ------------------------------------------------------------------------------------------
-    def _load_index(self) -> list[PoolEntry]:
-        if not self.path.exists():
-            return []
         try:
-            raw = json.loads(self.path.read_text())
-            return [PoolEntry(**item) for item in raw["entries"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise PoolError(f"{self.path} is not a valid pool index ({err}); it is written atomically, so "
-                            "it was edited by hand or by another tool. Fix or delete it.") from err
-
-    def _save(self) -> None:
-        if not self.writable:
-            raise PoolError(f"pool at {self.path} was opened read-only")
-        write_json(self.path, {"version": 1, "entries": [asdict(e) for e in self._entries]})
+            self.state = RunState(self.workspace, writable=writable)
+        except ValueError as err:                            # state.json is not JSON
+            raise PoolError(str(err)) from err
+        self.path = self.state.path
 
     def entries(self) -> list[PoolEntry]:
-        return list(self._entries)
+        """Every finished run that teaches, in run order (its position in ``state.json``)."""
+        names = self.state.finished_runs(*OUTPUTS.values(), references=False)
+        return [self._entry(order, name, self.state.data["stages"][name]) for order, name in enumerate(names)]
+
+    def _entry(self, order: int, name: str, record: dict[str, Any]) -> PoolEntry:
+        config = record.get("config") or {}
+        round_ = (config.get("stage") or {}).get("round")
+        if round_ is None:
+            parsed = parse_round_name(name)
+            round_ = parsed[0] if parsed else None
+        checkpoints = {fold: {"last": info.get("checkpoint"), "val_metrics": info.get("metrics", {})}
+                       for fold, info in sorted(record.get("folds", {}).items())}
+        provenance = {"run": name, "config": config, "checkpoints": checkpoints,
+                      "metrics": record.get("metrics", {}), **record.get("provenance", {})}
+        return PoolEntry(name=name, kind=run_kind(name, record), order=order, oof=record["outputs"][OUTPUTS["oof"]],
+                         test=record["outputs"][OUTPUTS["test"]], round=None if round_ is None else int(round_),
+                         provenance=provenance)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries())
 
     def add(self, name: str, kind: str, oof_path: str | Path, test_path: str | Path,
             provenance: dict[str, Any] | None = None, round: int | None = None) -> PoolEntry:
-        """Register a stage run's predictions; adding a name again replaces its entry in place.
+        """Record predictions made outside a stage run (another tool's, a notebook's) as a finished run of
+        ``kind``, so they teach like one; adding a name again replaces its files and keeps its position.
 
-        Re-adding keeps the entry's position: a resumed or re-finalized stage is the same teacher, not a
-        newer one. Paths are stored relative to the workspace when they lie inside it.
+        A stage run needs no call: finishing records its outputs, which is what the pool reads.
         """
+        if not self.writable:
+            raise PoolError(f"pool of {self.workspace} was opened read-only")
         for label, path in (("oof", oof_path), ("test", test_path)):
             resolved = path if Path(path).is_absolute() else self.workspace / path
             if not Path(resolved).is_file():
                 raise PoolError(f"pool entry {name!r}: {label} predictions {resolved} do not exist")
-        provenance = dict(provenance or {})
-        provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
-        if round is None:
-            parsed = parse_round_name(name)
-            round = parsed[0] if parsed else None
-        existing = [i for i, e in enumerate(self._entries) if e.name == name]
-        order = self._entries[existing[0]].order if existing else \
-            1 + max((e.order for e in self._entries), default=-1)
-        entry = PoolEntry(name=name, kind=kind, order=order, oof=self._relative(oof_path),
-                          test=self._relative(test_path), round=round, provenance=provenance)
-        if existing:
-            self._entries[existing[0]] = entry
-        else:
-            self._entries.append(entry)
-        self._save()
-        return entry
-
-    def _relative(self, path: str | Path) -> str:
-        path = Path(path)
-        if not path.is_absolute():
-            return str(path)
-        try:
-            return str(path.resolve().relative_to(self.workspace.resolve()))
-        except ValueError:
-            return str(path)
+        self.state = RunState(self.workspace)                # the latest record: another run may have saved
+        record = self.state.stage(name)
+        record["outputs"] = {OUTPUTS["oof"]: self.state.relative(oof_path if Path(oof_path).is_absolute()
+                                                                   else self.workspace / oof_path),
+                             OUTPUTS["test"]: self.state.relative(test_path if Path(test_path).is_absolute()
+                                                                    else self.workspace / test_path)}
+        record["config"] = {**record.get("config", {}), "stage": {"name": kind, "round": round}}
+        record["provenance"] = {**(provenance or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.state.save()
+        return next(e for e in self.entries() if e.name == name)
 
     def select(self, which: str | Sequence[str] = "latest", exclude: Sequence[str] = ()) -> list[PoolEntry]:
         """Entries by rule: ``"latest"`` (the newest), ``"all"``, or a list of names (in that order).
 
         ``exclude`` drops names first, so a stage that is rerun never teaches itself.
         """
-        available = [e for e in self._entries if e.name not in set(exclude)]
+        entries = self.entries()
+        available = [e for e in entries if e.name not in set(exclude)]
         if not available:
-            raise PoolError(f"the pseudo-label pool at {self.path} has no teacher"
-                            f"{' besides ' + ', '.join(exclude) if exclude and self._entries else ''}: "
+            raise PoolError(f"the pseudo-label pool of {self.workspace} has no teacher"
+                            f"{' besides ' + ', '.join(exclude) if exclude and entries else ''}: "
                             "run stage=bootstrap first (every finished stage adds its predictions)")
         by_name = {e.name: e for e in sorted(available, key=lambda e: e.order)}
         return [by_name[n] for n in select_runs(list(by_name), which, "pool has no teacher named", PoolError)]
@@ -291,24 +281,3 @@ def localize(framewise: np.ndarray, clip: np.ndarray) -> np.ndarray:
     height = frames.max(axis=-1, keepdims=True) - median
     shape = np.where(height > 1e-6, np.clip((frames - median) / np.maximum(height, 1e-6), 0.0, 1.0), 1.0)
     return shape * np.asarray(clip, dtype=np.float32)[..., None]
-
-
-def register_stage(stage) -> PoolEntry:
-    """Add a finished :class:`~rfcx_lightning.stages.runner.KFoldStage` run to its workspace's pool.
-
-    Called by ``KFoldStage.finalize`` on rank 0 after its outputs are written; provenance is taken from
-    the stage's ``state.json`` record (config, per-fold checkpoints and metrics, scores).
-    """
-    record = stage.state.stage(stage.name)
-    checkpoints = {}
-    for fold, info in sorted(record.get("folds", {}).items()):
-        ckpt_dir = stage.dir / f"fold{fold}" / "checkpoints"
-        checkpoints[fold] = {"last": info.get("checkpoint"),
-                             "best": stage.state.relative(ckpt_dir / "best.ckpt")
-                             if (ckpt_dir / "best.ckpt").exists() else None,
-                             "val_metrics": info.get("metrics", {})}
-    provenance = {"run": stage.name, "config": record.get("config"), "checkpoints": checkpoints,
-                  "metrics": record.get("metrics", {}), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    pool = PseudoLabelPool(stage.ctx.workspace)
-    return pool.add(stage.name, stage.kind, stage.dir / "oof_framewise.npz", stage.dir / "test_framewise.npz",
-                    provenance, round=stage.cfg.stage.get("round") if "stage" in stage.cfg else None)

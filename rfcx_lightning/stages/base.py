@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..features.augment import mixup, waveform_gain_noise
-from ..inference import predict_framewise, predict_valid
+from ..inference import predict_batch, predict_framewise
 from ..losses import build_loss
 from ..metrics import MaskedFrameAUROC
 from ..models.factory import build_detector
@@ -125,9 +125,7 @@ class StageModule(pl.LightningModule):
         self.val_auroc.reset()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
-        framewise, clip = predict_valid(lambda wave: predict_framewise(self.model, wave, **self.predict_cfg),
-                                        batch["wave"], batch.get("n_valid"))
-        return {"index": batch["index"], "framewise": framewise, "clip": clip}
+        return predict_batch(lambda wave: predict_framewise(self.model, wave, **self.predict_cfg), batch)
 
     def configure_optimizers(self) -> Any:
         """AdamW with a linear warm-up then cosine decay, stepped per batch."""

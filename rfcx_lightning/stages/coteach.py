@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.datamodule import FoldDataModule, box_anchors
 from ..features.augment import waveform_gain_noise
-from ..inference import predict_framewise, predict_valid
+from ..inference import predict_batch, predict_framewise
 from ..pseudo.coteaching import coteaching_losses, consistency_loss, drop_rate_at, linear_ramp
 from ..pseudo.crops import PseudoCropDataset, RandomCropSource
 from ..pseudo.pool import TeacherStack
@@ -212,9 +212,7 @@ class CoteachModule(StageModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         model = self.predictor()
-        framewise, clip = predict_valid(lambda wave: predict_framewise(model, wave, **self.predict_cfg),
-                                        batch["wave"], batch.get("n_valid"))
-        return {"index": batch["index"], "framewise": framewise, "clip": clip}
+        return predict_batch(lambda wave: predict_framewise(model, wave, **self.predict_cfg), batch)
 
 
 class CoteachDataModule(FoldDataModule):

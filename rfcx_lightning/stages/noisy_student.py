@@ -41,7 +41,7 @@ slightly optimistic (the usual price of OOF pseudo labels; test scores are unaff
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,7 +53,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.audio import AudioCache
-from ..data.datamodule import FoldDataModule
+from ..data.datamodule import FoldDataModule, LoaderSettings
 from ..data.labels import BoxIndex
 from ..data.labels import clip_targets as box_clip_targets
 from ..pseudo.pool import PoolEntry, TeacherStack
@@ -251,6 +251,11 @@ class NoisyStudentStage(KFoldStage):
         self._stacks: dict[str, TeacherStack] | None = None
         self.teacher_set = TeacherSet(self, TeacherSettings.of(self.options, self.kind))
 
+    def loader_settings(self) -> LoaderSettings:
+        """The fold data module's batches (box crops, validation crops) at the preset's batch size: the
+        run's ``loader.batch_size`` is ``noisy_student.batch_size``, whole recordings."""
+        return replace(super().loader_settings(), batch_size=self.box_batch_size)
+
     def student_config(self):
         """The run config with the student's overrides applied (so ``state.json`` records what ran)."""
         cfg, ns = self.cfg.copy(), self.options
@@ -328,7 +333,6 @@ class NoisyStudentStage(KFoldStage):
         dataset = WeakClipDataset(
             ctx.cache, items, stacks, ctx.train.boxes, ctx.scheme.n_classes, fold_data.n_samples, sampler,
             source=ns.clip_source, hard_threshold=ns.hard_threshold, pseudo_weight=ns.pseudo_weight)
-        fold_data.batch_size = self.box_batch_size  # its train loader gives the box crops; validation too
         return WeakClipDataModule(fold_data, dataset, batch_size=int(self.cfg.loader.batch_size),
                                   seed=int(self.cfg.seed), with_boxes=self.box_weight > 0)
 

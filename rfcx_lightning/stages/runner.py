@@ -22,14 +22,14 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from ..checkpointing import AtomicCheckpointIO, fold_checkpoints
-from ..data.datamodule import FoldDataModule
+from ..data.datamodule import CropSettings, FoldDataModule, LoaderSettings
 from ..inference import ShardedPredictionWriter
 from ..reporting.loggers import build_logger
 from ..metrics import lwlrap, prior_baseline_lwlrap
 from ..models.bands import class_bands_from_boxes
 from ..postprocess import odds_scale_to_prior
 from ..postprocessing.chain import Option, fold_clip_scores
-from ..pseudo.pool import register_stage
+from ..settings import from_block
 from ..workspace import RunState, read_npz, write_csv, write_npz
 from .base import StageModule
 from .context import StageContext
@@ -106,13 +106,14 @@ class KFoldStage(StageRun):
         held_out = [rid for rid, f in zip(ctx.train.recording_ids, ctx.fold_of_recording) if f == fold]
         return dict(
             cache=ctx.cache, train=ctx.train, fold_of_recording=ctx.fold_of_recording, fold=fold,
-            n_classes=ctx.scheme.n_classes,
-            crop_seconds=float(cfg.crops.seconds), label_hz=float(cfg.crops.label_hz),
-            sample_rate=int(cfg.audio.sample_rate), duration_s=float(cfg.data.duration_s),
-            batch_size=int(cfg.loader.batch_size), predict_batch_size=int(cfg.loader.predict_batch_size),
-            num_workers=int(cfg.loader.num_workers), tp_repeat=int(cfg.crops.tp_repeat),
-            fp_fraction=float(cfg.crops.fp_fraction), min_per_epoch=int(cfg.crops.min_per_epoch), seed=int(cfg.seed),
+            n_classes=ctx.scheme.n_classes, crops=from_block(CropSettings, cfg.crops, "crops"),
+            loader=self.loader_settings(), sample_rate=int(cfg.audio.sample_rate),
+            duration_s=float(cfg.data.duration_s), seed=int(cfg.seed),
             predict_sets={"oof": ("train", held_out), "test": ("test", ctx.test_ids)})
+
+    def loader_settings(self) -> LoaderSettings:
+        """The ``loader:`` block; a stage with batches of its own (whole recordings, templates) overrides it."""
+        return from_block(LoaderSettings, self.cfg.loader, "loader")
 
     def build_datamodule(self, fold: int) -> FoldDataModule:
         return FoldDataModule(**self.fold_data_kwargs(fold))
@@ -188,10 +189,10 @@ class KFoldStage(StageRun):
         fps = self._output_frames_per_second(oof_frames.shape[-1])
         write_npz(self.dir / "oof_framewise.npz", recording_id=np.asarray(train_ids), fold=oof_fold,
                   framewise=oof_frames, clip=oof_model_clip, frames_per_second=np.float32(fps),
-                  seconds=self.recording_seconds("train", train_ids))
+                  seconds=self.recording_seconds(oof_parts, len(train_ids), order))
         write_npz(self.dir / "test_framewise.npz", recording_id=np.asarray(ctx.test_ids), framewise=test_frames,
                   clip=np.mean([p["clip"] for p in test_parts], axis=0), frames_per_second=np.float32(fps),
-                  seconds=self.recording_seconds("test", ctx.test_ids))
+                  seconds=self.recording_seconds(test_parts[:1], len(ctx.test_ids)))
 
         # the CSVs' clip scores: the configured temporal chain (smoothing, aggregation, folds combined
         # framewise by default); the npz files above keep the model's own clip output
@@ -225,16 +226,19 @@ class KFoldStage(StageRun):
         stage_state["metrics"] = scores
         if not self.joins_pool:
             stage_state["joins_pool"] = False
-        self.state.save()
-        if self.joins_pool:
-            register_stage(self)  # add these predictions to the pseudo-label pool (W/pool/index.json)
+        self.state.save()  # finished: its predictions are in the pseudo-label pool now (pseudo/pool.py)
         return scores
 
-    def recording_seconds(self, split: str, recording_ids) -> np.ndarray:
+    def recording_seconds(self, parts: list[dict[str, np.ndarray]], n: int, order=None) -> np.ndarray:
         """Each recording's own length in seconds, beside its framewise row (whose frames run on to
-        ``data.duration_s``, the longest recording, and are 0 past its own end)."""
-        grid, sr, cache = float(self.cfg.data.duration_s), int(self.cfg.audio.sample_rate), self.ctx.cache
-        return np.asarray([min(grid, cache.n_samples(split, r) / sr) for r in recording_ids], dtype=np.float32)
+        ``data.duration_s``, the longest recording, and are 0 past its own end): from the prediction files'
+        ``n_valid`` (samples), concatenated in ``order``; ``data.duration_s`` for files without it."""
+        grid = float(self.cfg.data.duration_s)
+        if not parts or not all("n_valid" in p for p in parts):
+            return np.full(n, grid, dtype=np.float32)
+        samples = np.concatenate([p["n_valid"] for p in parts])
+        samples = samples if order is None else samples[order]
+        return np.minimum(samples / float(self.cfg.audio.sample_rate), grid).astype(np.float32)
 
     def _output_frames_per_second(self, n_frames: int) -> float:
         return n_frames / float(self.cfg.data.duration_s)

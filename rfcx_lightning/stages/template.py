@@ -15,6 +15,7 @@ template cut from the recording they score.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -24,8 +25,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from ..data.datamodule import FoldDataModule
-from ..inference import ShardedPredictionWriter, predict_valid
+from ..data.datamodule import LoaderSettings
+from ..inference import ShardedPredictionWriter, predict_batch
 from ..models.template import TemplateBank, TemplateMatcher
 from ..workspace import atomic_path
 from .runner import KFoldStage
@@ -49,8 +50,7 @@ class TemplateModule(pl.LightningModule):
             out = self.matcher(wave)
             return out["framewise"].half(), out["clip"].float()
 
-        framewise, clip = predict_valid(match, batch["wave"], batch.get("n_valid"))
-        return {"index": batch["index"], "framewise": framewise, "clip": clip}
+        return predict_batch(match, batch)
 
 
 class TemplateStage(KFoldStage):
@@ -63,10 +63,9 @@ class TemplateStage(KFoldStage):
         return TemplateMatcher(self.ctx.scheme.n_classes, sample_rate=int(self.cfg.audio.sample_rate),
                                **{k: tcfg[k] for k in _MATCHER_KEYS if k in tcfg})
 
-    def build_datamodule(self, fold: int) -> FoldDataModule:
-        datamodule = super().build_datamodule(fold)
-        datamodule.predict_batch_size = int(self.cfg.template.batch_size)
-        return datamodule
+    def loader_settings(self) -> LoaderSettings:
+        """Recordings scored per batch: ``template.batch_size`` (no network, so not ``loader``'s)."""
+        return dataclasses.replace(super().loader_settings(), predict_batch_size=int(self.cfg.template.batch_size))
 
     def build_trainer(self, fold: int, fold_dir: Path, writer: ShardedPredictionWriter) -> pl.Trainer:
         trainer = self.cfg.trainer
