@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rfcx_lightning.inference import merge_shards
-from rfcx_lightning.workspace import RunState, atomic_path, read_npz, write_json, write_npz
+from rfcx_lightning.workspace import RunState, atomic_path, read_npz, write_npz
 
 
 def test_atomic_path_leaves_nothing_on_error(tmp_path):

@@ -166,7 +166,7 @@ class LogMelFrontend(nn.Module):
     def frames_per_second(self) -> float:
         return self.sample_rate / self.hop_length
 
-    def mel_centers_hz(self) -> "np.ndarray":
+    def mel_centers_hz(self) -> "numpy.ndarray":
         """Centre frequency (Hz) of each mel row (Slaney mel scale, as both backends' filterbanks use)."""
         import librosa
 

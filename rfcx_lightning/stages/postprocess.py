@@ -17,7 +17,6 @@ re-made for inference modes are kept and reused), so a killed run simply runs ag
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Any
 
