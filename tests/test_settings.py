@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from rfcx_lightning.data.audio import AudioSettings
 from rfcx_lightning.data.datamodule import CropSettings, LoaderSettings
 from rfcx_lightning.detection.stage import DetectSettings
 from rfcx_lightning.orchestration.pipeline import PipelineSettings
@@ -59,7 +60,7 @@ def test_a_missing_key_is_an_error_naming_it():
 
 # every block that has a settings class, built from every recipe that carries it, under every preset
 BLOCKS = {"coteach": CoteachSettings, "noisy_student": NoisyStudentSettings, "detect": DetectSettings,
-          "crops": CropSettings, "loader": LoaderSettings}
+          "crops": CropSettings, "loader": LoaderSettings, "audio": AudioSettings}
 
 
 @pytest.mark.parametrize("preset", ["quick", "cpu", "full", "smoke"])

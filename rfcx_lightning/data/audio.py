@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable
@@ -25,12 +26,26 @@ import soxr
 
 from ..workspace import atomic_path, remove_temporary_files
 
-__all__ = ["AudioError", "AudioCache", "decode", "to_int16"]
+__all__ = ["AudioError", "AudioCache", "AudioSettings", "decode", "to_int16"]
 
 INT16_SCALE = 32767.0
 # Temp files older than this are leftovers of an interrupted build (a live build writes one file in
 # well under a minute); younger ones may belong to a concurrent builder and are left alone.
 _STALE_TEMP_AGE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    """The ``audio:`` block (stages/base.yaml, each default written there): the cache's rate and builders."""
+
+    sample_rate: int
+    cache_dir: str
+    workers: int
+    downmix: bool
+    allow_other_rates: bool
+
+    def cache(self) -> "AudioCache":
+        return AudioCache(Path(self.cache_dir).expanduser(), target_sr=self.sample_rate)
 
 
 class AudioError(ValueError):

@@ -19,11 +19,12 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..data.annotations import ClassScheme, DataRoot, load_boxes
-from ..data.audio import AudioCache
+from ..data.audio import AudioCache, AudioSettings
 from ..data.datamodule import RecordingSet
 from ..data.folds import load_or_make_folds
 from ..data.labels import BoxIndex
 from ..data.priors import RFCX_TEST_PRIOR
+from ..settings import from_block
 
 log = logging.getLogger(__name__)
 
@@ -209,14 +210,14 @@ def prepare_context(cfg: DictConfig) -> StageContext:
     train_ids, test_ids = data_root.train_ids(), data_root.test_ids()
     species = list(data_root.species_ids())
 
-    cache = AudioCache(Path(str(cfg.audio.cache_dir)).expanduser(), target_sr=int(cfg.audio.sample_rate))
+    audio = from_block(AudioSettings, cfg.audio, "audio")
+    cache = audio.cache()
     if is_global_zero:
         items = [("train", rid, data_root.audio_path("train", rid)) for rid in train_ids]
         items += [("test", rid, data_root.audio_path("test", rid)) for rid in test_ids]
-        cache.build(items, workers=int(cfg.audio.workers), expected_sr=int(data.native_sample_rate),
+        cache.build(items, workers=audio.workers, expected_sr=int(data.native_sample_rate),
                     expected_duration_s=None if variable_length else float(data.duration_s),
-                    downmix=bool(cfg.audio.downmix),
-                    allow_resample_other_rates=bool(cfg.audio.allow_other_rates))
+                    downmix=audio.downmix, allow_resample_other_rates=audio.allow_other_rates)
     else:
         wait_for(lambda: all(cache.has("train", r) for r in train_ids) and
                  all(cache.has("test", r) for r in test_ids), f"the audio cache at {cache.root}")
