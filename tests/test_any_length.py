@@ -19,8 +19,8 @@ from .conftest import run_cli_subprocess
 from .test_raven import SR, detections, write_recording
 
 #: the recordings of the Raven folder below: train (with a table) and test, each its own length in seconds
-LENGTHS = {"site0": 20.0, "site1": 35.0, "site2": 12.0, "site3": 28.0, "site4": 41.0, "site5": 16.0,
-           "site6": 9.0, "site7": 30.0}
+LENGTHS = {"site0": 14.0, "site1": 20.0, "site2": 9.0, "site3": 16.0, "site4": 24.0, "site5": 11.0,
+           "site6": 7.0, "site7": 18.0}
 TRAIN = ("site0", "site1", "site2", "site3", "site4", "site5")
 
 
@@ -85,7 +85,7 @@ def raven_folder(root: Path) -> Path:
 
 
 def test_a_raven_folder_of_recordings_of_different_lengths_trains_and_predicts(tmp_path):
-    """bootstrap, template and a co-teaching student of both on recordings of 9-41 s: crops inside each
+    """bootstrap, template and a co-teaching student of both on recordings of 7-24 s: crops inside each
     recording, predictions on the longest recording's grid with each recording's own length beside them
     and 0 past its end."""
     root = raven_folder(tmp_path / "raven")
@@ -100,7 +100,7 @@ def test_a_raven_folder_of_recordings_of_different_lengths_trains_and_predicts(t
                 assert npz["recording_id"].tolist() == ids
                 np.testing.assert_allclose(npz["seconds"], [LENGTHS[r] for r in ids], atol=1e-3)
                 frames, fps = npz["framewise"].astype(np.float32), float(npz["frames_per_second"])
-            assert frames.shape[-1] == pytest.approx(41.0 * fps, abs=2)      # the longest recording's grid
+            assert frames.shape[-1] == pytest.approx(24.0 * fps, abs=2)      # the longest recording's grid
             for row, rid in enumerate(ids):
                 end = int(np.ceil(LENGTHS[rid] * fps)) + 1
                 assert not frames[row, :, end:].any(), f"{run} {rid}: frames past its end"
