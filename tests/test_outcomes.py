@@ -30,7 +30,7 @@ def test_bootstrap_beats_the_prior_and_its_student_beats_the_bootstrap(tmp_path)
                  f"audio.cache_dir={tmp_path / 'cache'}", "data.n_train=64", "data.n_test=60",
                  "data.duration_s=20", "data.tp_per_species=8", "data.difficulty=easy", "crops.seconds=3",
                  "trainer.max_epochs=5", "crops.min_per_epoch=512", "trainer.enable_progress_bar=false",
-                 'pipeline.overrides={coteach:["trainer.max_epochs=6","model.band.pseudo_classes_per_item=2"]}',
+                 'pipeline.overrides={coteach:["trainer.max_epochs=6","coteach.pseudo_classes_per_item=2"]}',
                  "pipeline.sequence=[bootstrap,coteach]", "lb=holdout"]) == 0
     stages = json.loads((workspace / "state.json").read_text())["stages"]
     teacher, student = stages["round0_bootstrap"]["metrics"], stages["round1_coteach"]["metrics"]

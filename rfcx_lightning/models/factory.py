@@ -50,7 +50,6 @@ def build_detector(n_classes: int, model: dict, spec_augment: dict | None = None
         if not model.get("class_bands"):
             raise ValueError(f"model.detector={kind} needs model.class_bands (one [f_min, f_max] in Hz per class)")
         band = dict(model.get("band") or {})
-        band.pop("pseudo_classes_per_item", None)  # a training setting (StageModule), not an architecture one
         return BandDetector(n_classes=n_classes, backbone=model["backbone"], class_bands=model["class_bands"],
                             mode=kind.split("_", 1)[1], dropout=float((model.get("head_kwargs") or {}).get("dropout", 0.2)),
                             **band, **common)

@@ -36,7 +36,7 @@ class StageModule(pl.LightningModule):
     """Detector + optimisation + prediction; stages change ``target_output`` or override :meth:`training_step`."""
 
     def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
-                 predict: dict | None = None):
+                 predict: dict | None = None, pseudo_classes_per_item: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = self.build_network(n_classes, model, augment)
@@ -44,9 +44,10 @@ class StageModule(pl.LightningModule):
         self.loss_fn = build_loss(loss.pop("kind"), **loss)
         self.val_auroc = MaskedFrameAUROC()
         self.predict_cfg = dict(predict or {"mode": "whole"})
-        band = model.get("band") or {}
+        # pool stages (their block's pseudo_classes_per_item): a band detector scores one class per image,
+        # so it trains on a few pseudo-labelled classes per item; a multi-label one scores all anyway
         pair_scoring = str(model.get("detector") or "multilabel").startswith("band")
-        self.pseudo_classes_per_item = band.get("pseudo_classes_per_item") if pair_scoring else None
+        self.pseudo_classes_per_item = pseudo_classes_per_item if pair_scoring else None
 
     @classmethod
     def block_kwargs(cls, config: dict) -> dict:
@@ -88,7 +89,7 @@ class StageModule(pl.LightningModule):
         return self.loss_fn(out[output], targets, mask)
 
     def limit_pseudo_classes(self, weights: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Pool-target stages: train a band detector on ``model.band.pseudo_classes_per_item`` random
+        """Pool-target stages: train a band detector on ``pseudo_classes_per_item`` (the stage block's) random
         pseudo-labelled classes per item besides the ``keep`` (box-labelled) ones; multi-label detectors
         score every class anyway, so they keep all labels. See :func:`sample_pseudo_classes`."""
         return sample_pseudo_classes(weights, keep, self.pseudo_classes_per_item)

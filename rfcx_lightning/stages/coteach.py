@@ -61,6 +61,7 @@ class CoteachSettings(TeacherKeys):
     targets: str
     hard_threshold: float
     pseudo_weight: float
+    pseudo_classes_per_item: int | None
     p_box_crop: float
     include_test: bool
     mix_p: float
@@ -127,8 +128,10 @@ class CoteachModule(StageModule):
 
     def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
                  predict: dict | None = None, *, coteach: dict):
-        super().__init__(n_classes, model, optim, augment, loss, predict)
-        self.coteach = from_block(CoteachSettings, coteach, "coteach")
+        settings = from_block(CoteachSettings, coteach, "coteach")
+        super().__init__(n_classes, model, optim, augment, loss, predict,
+                         pseudo_classes_per_item=settings.pseudo_classes_per_item)
+        self.coteach = settings
         with torch.random.fork_rng():  # a different initialisation, without disturbing the global stream
             torch.manual_seed(int(self.coteach.peer_seed))
             self.peer = self.build_network(n_classes, model, augment)  # same init_from backbone, own head

@@ -220,6 +220,7 @@ class NoisyStudentSettings(TeacherKeys):
     clip_source: str
     hard_threshold: float | None
     pseudo_weight: float
+    pseudo_classes_per_item: int | None
     include_test: bool
     box_weight: float
     init: str
@@ -300,7 +301,7 @@ class NoisyStudentStage(KFoldStage):
         return None
 
     def module_kwargs(self, fold: int) -> dict:
-        return {"box_weight": self.box_weight}
+        return {"box_weight": self.box_weight, "pseudo_classes_per_item": self.options.pseudo_classes_per_item}
 
     def model_config(self, model: dict, fold: int | None = None) -> dict:
         """The run's model block; with ``init`` other than ``scratch``, fold ``k`` starts from the teacher's
