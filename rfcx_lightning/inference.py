@@ -60,7 +60,9 @@ def predict_valid(predict, wave: torch.Tensor, n_valid: torch.Tensor | None = No
     Why: a batch (and the N x C x T prediction files) needs one length, but zeros are not silence to a
     network whose front-end normalises per input, and the clip score of a padded pass would mix in what
     the model makes of them. A 0 frame never raises a max, the default clip aggregation. Recordings as
-    long as the batch (every recording, when they all have ``data.duration_s``) take the batched pass alone.
+    long as the batch (every recording, when they all have ``data.duration_s``) take the batched pass alone;
+    a shorter one costs a second, single-recording pass (the batched pass also gives the grid's frame
+    count, which the template matcher and the networks define differently).
     """
     framewise, clip = predict(wave)
     if n_valid is None:

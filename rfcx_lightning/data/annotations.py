@@ -32,6 +32,7 @@ __all__ = [
     "ClassScheme",
     "DataRoot",
     "check_recording_id",
+    "is_auto_length",
     "load_annotations",
     "load_boxes",
 ]
@@ -435,6 +436,11 @@ def _field_names(fields: Mapping[str, str] | None):
     so a check shared by several input formats reports the column the user has to edit."""
     fields = dict(fields or {})
     return lambda name: fields.get(name, name)
+
+
+def is_auto_length(value) -> bool:
+    """``data.duration_s=auto``: the recordings differ in length (the one parser of that setting)."""
+    return str(value).strip().lower() == "auto"
 
 
 def _row_durations(frame: pd.DataFrame, duration_s: float | Mapping[str, float]) -> float | np.ndarray:

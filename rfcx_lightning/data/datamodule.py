@@ -201,7 +201,6 @@ class FoldDataModule(pl.LightningDataModule):
         self.fold_of_recording = np.asarray(fold_of_recording)
         self.fold = fold
         self.n_classes = n_classes
-        self.crops, self.loader = crops, loader
         self.crop_kwargs = dict(n_classes=n_classes, crop_seconds=float(crops.seconds), label_hz=float(crops.label_hz),
                                 sample_rate=sample_rate, duration_s=duration_s)
         self.n_samples = int(round(duration_s * sample_rate))

@@ -30,7 +30,7 @@ import soundfile as sf
 
 from ..workspace import atomic_dir, atomic_path, write_csv, write_json
 from .annotations import (ANNOTATION_COLUMNS, AnnotationError, DataRoot, _check_frequencies, _check_times,
-                          _fail, _parse_numbers, _read_csv_as_strings, _recording_id_problem)
+                          _fail, _parse_numbers, _read_csv_as_strings, _recording_id_problem, is_auto_length)
 
 __all__ = [
     "RAVEN_COLUMNS",
@@ -369,7 +369,7 @@ def _owner_of_table(table: Path, ids) -> str | None:
 
 def _duration_setting(value) -> float | None:
     """``data.duration_s``: a number of seconds, or ``auto`` (None: recordings of any length)."""
-    return None if str(value).strip().lower() == "auto" else float(value)
+    return None if is_auto_length(value) else float(value)
 
 
 def _check_audio(rec: _Recording, source: RavenSource) -> None:

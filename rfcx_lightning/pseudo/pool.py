@@ -140,10 +140,8 @@ class PseudoLabelPool:
                 raise PoolError(f"pool entry {name!r}: {label} predictions {resolved} do not exist")
         self.state = RunState(self.workspace)                # the latest record: another run may have saved
         record = self.state.stage(name)
-        record["outputs"] = {OUTPUTS["oof"]: self.state.relative(oof_path if Path(oof_path).is_absolute()
-                                                                   else self.workspace / oof_path),
-                             OUTPUTS["test"]: self.state.relative(test_path if Path(test_path).is_absolute()
-                                                                    else self.workspace / test_path)}
+        record["outputs"] = {OUTPUTS[split]: self.state.relative(self.state.resolve(str(path)))
+                             for split, path in (("oof", oof_path), ("test", test_path))}
         record["config"] = {**record.get("config", {}), "stage": {"name": kind, "round": round}}
         record["provenance"] = {**(provenance or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.state.save()

@@ -18,7 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from ..data.annotations import ClassScheme, DataRoot, load_boxes
+from ..data.annotations import ClassScheme, DataRoot, is_auto_length, load_boxes
 from ..data.audio import AudioCache, AudioSettings
 from ..data.datamodule import RecordingSet
 from ..data.folds import load_or_make_folds
@@ -83,11 +83,6 @@ def resolve_data_root(cfg: DictConfig, is_global_zero: bool) -> Path:
     else:
         wait_for(lambda: (root / "manifest.json").exists(), f"synthetic data at {root}")
     return root
-
-
-def is_auto_length(value) -> bool:
-    """``data.duration_s=auto``: the recordings differ in length."""
-    return str(value).strip().lower() == "auto"
 
 
 def recording_lengths(cfg: DictConfig, data_root: DataRoot) -> tuple[float, dict[str, float] | None]:
