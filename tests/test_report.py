@@ -55,11 +55,11 @@ def annotated_boxes() -> pd.DataFrame:
     return frame
 
 
-def hand_context(tmp_path: Path, folds=(1, 0, 1)) -> StageContext:
+def hand_context(tmp_path: Path, folds=(1, 0, 1), overrides=()) -> StageContext:
     root = tmp_path / "data"
     write_calls(root)
     boxes = annotated_boxes()
-    cfg = load_config(["stage=oracle", "preset=smoke", f"workspace={tmp_path / 'ws'}"])
+    cfg = load_config(["stage=oracle", "preset=smoke", f"workspace={tmp_path / 'ws'}", *overrides])
     return StageContext(cfg=cfg, workspace=tmp_path / "ws", data_root=DataRoot(root),
                         scheme=ClassScheme(species=tuple(SPECIES)), boxes=boxes,
                         train=RecordingSet("train", tuple(TRAIN), BoxIndex.from_frame(boxes, TRAIN)),
@@ -78,6 +78,20 @@ def test_truth_call_boxes_are_every_train_call(tmp_path):
     assert boxes["f_min"].tolist() == train["f_min"].tolist()
 
 
+def test_truth_call_boxes_above_an_snr_floor_keep_the_annotated_calls(tmp_path):
+    write_calls(tmp_path)
+    scheme = ClassScheme(species=tuple(SPECIES))
+    audible = truth_call_boxes(tmp_path, TRAIN, scheme, 60.0, min_snr_db=0.5)
+    assert sorted(zip(audible.recording_id, audible.t_min)) == [("r1", 1.0), ("r2", 58.0)]   # 3 dB, 1 dB
+    # a floor above every call keeps the annotated one (label tp, 3 dB): never fewer TPs than the bootstrap
+    assert truth_call_boxes(tmp_path, TRAIN, scheme, 60.0, min_snr_db=10.0)[["recording_id", "t_min"]].values.tolist() \
+        == [["r1", 1.0]]
+    assert len(truth_call_boxes(tmp_path, TRAIN, scheme, 60.0, min_snr_db=-2.0)) == 4
+    pd.read_csv(tmp_path / "truth" / "calls.csv").drop(columns="snr_db").to_csv(tmp_path / "truth" / "calls.csv")
+    with pytest.raises(ValueError, match=r"calls\.csv: oracle.min_snr_db=0.5 needs the column 'snr_db'"):
+        truth_call_boxes(tmp_path, TRAIN, scheme, 60.0, min_snr_db=0.5)
+
+
 def test_truth_call_boxes_fail_naming_the_missing_truth(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"truth/calls\.csv.*does not exist"):
         truth_call_boxes(tmp_path, TRAIN, ClassScheme(species=tuple(SPECIES)), 60.0)
@@ -90,6 +104,9 @@ def test_oracle_trains_on_the_truth_calls_with_the_workspace_folds_and_the_boots
     ctx = hand_context(tmp_path)
     stage = OracleStage(ctx)
     truth = truth_call_boxes(ctx.data_root.root, TRAIN, ctx.scheme, 60.0)
+    assert stage.label_counts["min_snr_db"] is None and stage.label_counts["tp_boxes"] == 4
+    floored = OracleStage(hand_context(tmp_path, overrides=["oracle.min_snr_db=0.5"]))
+    assert floored.label_counts["min_snr_db"] == 0.5 and floored.label_counts["tp_boxes"] == 2
     index = stage.ctx.train.boxes
     tp = index.is_tp
     # the TP boxes the datamodule sees are exactly the truth calls; the annotated FP rows stay
