@@ -35,6 +35,18 @@ def smoke_args(workspace: Path, data_root: Path, *extra: str, stage: str = "boot
             f"audio.cache_dir={data_root.parent / 'cache'}", *(FEW_BATCHES if few_batches else ()), *extra]
 
 
+def module_blocks(*overrides: str, preset: str = "smoke") -> dict:
+    """The module-building config blocks (``model``, ``optim``, ``augment``, ``loss``, ``predict``) of a preset,
+    resolved to plain mappings, with Hydra ``overrides`` (``model.backbone=...``): what a stage passes to its
+    LightningModule, for tests that build one by hand. Every key is there, as the settings classes require."""
+    from omegaconf import OmegaConf
+
+    from rfcx_lightning.config import load_config
+
+    cfg = OmegaConf.to_container(load_config([f"preset={preset}", *overrides]), resolve=True)
+    return {key: cfg[key] for key in ("model", "optim", "augment", "loss", "predict")}
+
+
 def run_cli_subprocess(args: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """``python -m rfcx_lightning.run ARGS`` in a fresh interpreter (needed for DDP, which re-executes it)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),

@@ -8,6 +8,8 @@ import torch
 from rfcx_lightning.models.bands import BandDetector, band_matrices, class_bands_from_boxes
 from rfcx_lightning.models.factory import build_detector
 
+from .conftest import module_blocks
+
 FRONTEND = dict(n_fft=512, hop_length=320, n_mels=32, fmin=50.0, fmax=16000.0)
 BANDS = [[500.0, 1500.0], [2000.0, 4000.0], [6000.0, 9000.0]]
 
@@ -91,10 +93,11 @@ def test_class_bands_from_boxes_prefers_tp_rows_and_names_empty_classes():
 
 
 def test_build_detector_needs_bands_for_band_detectors():
+    model = module_blocks("model.detector=band_crop")["model"]
     with pytest.raises(ValueError, match="class_bands"):
-        build_detector(3, dict(detector="band_crop", backbone="mobilenetv3_small_050", head="framewise"))
+        build_detector(3, model)
     with pytest.raises(ValueError, match="band_crop"):
-        build_detector(3, dict(detector="bands", backbone="mobilenetv3_small_050", head="framewise"))
+        build_detector(3, dict(model, detector="bands"))
 
 
 def test_shared_detector_fits_band_labels_through_the_class_pairs():

@@ -22,7 +22,7 @@ from rfcx_lightning.run import load_config
 from rfcx_lightning.settings import from_block
 from rfcx_lightning.stages.coteach import CoteachDataModule, CoteachModule, CoteachSettings
 
-from .conftest import smoke_args
+from .conftest import module_blocks, smoke_args
 
 SR, DURATION, CROP, N_FRAMES, C = 8000, 20.0, 4.0, 8, 2
 TRAIN, TEST = ["000316000", "abc123def", "r3"], ["t0", "t1"]
@@ -149,8 +149,9 @@ def test_random_crops_never_use_the_held_out_fold(crop_world):
         datamodule.train_dataloader()
 
 
-TINY_MODEL = dict(backbone="mobilenetv3_small_050", head="framewise",
-                  frontend=dict(sample_rate=SR, n_fft=256, hop_length=160, n_mels=16, fmax=4000.0))
+TINY = module_blocks("model.detector=multilabel", "model.head_kwargs.freq_pool=mean", f"audio.sample_rate={SR}",
+                     "model.frontend.n_fft=256", "model.frontend.hop_length=160", "model.frontend.n_mels=16",
+                     "model.frontend.fmax=4000.0", "augment.gain_noise_p=0.5", "augment.mixup_p=0.0")
 
 
 def test_mixed_crops_take_the_max_target_and_keep_box_cells_at_weight_one():
@@ -196,9 +197,8 @@ def coteach_block(**over) -> dict:
 
 def tiny_module(**coteach):
     """A tiny pair; ``coteach`` keys over the recipe's block (the module checks the whole block)."""
-    return CoteachModule(n_classes=C, model=TINY_MODEL, optim=dict(lr=1e-3, weight_decay=0.0),
-                         augment=dict(gain_noise_p=0.5, mixup_p=0.0), loss=dict(kind="bce"),
-                         coteach=coteach_block(peer_seed=7, **coteach))
+    return CoteachModule(n_classes=C, model=TINY["model"], optim=dict(TINY["optim"], weight_decay=0.0),
+                         augment=TINY["augment"], loss=dict(kind="bce"), coteach=coteach_block(peer_seed=7, **coteach))
 
 
 def test_the_pair_differs_and_predicts_the_mean_of_its_probabilities():

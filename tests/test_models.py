@@ -14,8 +14,10 @@ from rfcx_lightning.models.backbones import (
     load_pretrained,
 )
 from rfcx_lightning.models.detector import SpeciesDetector
-from rfcx_lightning.models.factory import backbone_kwargs, build_detector
+from rfcx_lightning.models.factory import backbone_kwargs, build_detector, model_settings
 from rfcx_lightning.models.heads import FramewiseHead, SEDAttentionHead, build_head
+
+from .conftest import module_blocks
 
 SR = 32000
 TINY = "mobilenetv3_small_050"
@@ -196,10 +198,9 @@ def test_flatten_head_keeps_frequency_rows_as_channels():
 
 
 def test_drop_path_rate_reaches_the_timm_backbone_and_zero_leaves_it_unchanged():
-    model = {"detector": "multilabel", "backbone": "mobilenetv3_small_050", "head": "framewise",
-             "frontend": {"n_mels": 32, "hop_length": 320}}
-    assert backbone_kwargs(dict(model, drop_path_rate=0.0)) == {}
-    assert backbone_kwargs(dict(model, drop_path_rate=0.15, backbone_kwargs={"x": 1})) == \
+    model = module_blocks("model.detector=multilabel", "model.head_kwargs.freq_pool=mean")["model"]
+    assert backbone_kwargs(model_settings(dict(model, drop_path_rate=0.0))) == {}
+    assert backbone_kwargs(model_settings(dict(model, drop_path_rate=0.15, backbone_kwargs={"x": 1}))) == \
         {"x": 1, "drop_path_rate": 0.15}
 
     def drop_paths(net):
@@ -208,4 +209,24 @@ def test_drop_path_rate_reaches_the_timm_backbone_and_zero_leaves_it_unchanged()
     assert not drop_paths(build_detector(3, dict(model, drop_path_rate=0.0)))
     assert drop_paths(build_detector(3, dict(model, drop_path_rate=0.15)))
     with pytest.raises(ValueError, match=r"model.drop_path_rate=1.5: must be in \[0, 1\)"):
-        backbone_kwargs(dict(model, drop_path_rate=1.5))
+        backbone_kwargs(model_settings(dict(model, drop_path_rate=1.5)))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(backbnoe="resnet18"), r"unknown key\(s\) model\.backbnoe"),
+    (dict(frontend=dict(n_mles=64)), r"model\.frontend: unknown key\(s\) model\.frontend\.n_mles"),
+    (dict(channels_last="yes"), r"model\.channels_last='yes': expected true or false"),
+])
+def test_a_misspelt_or_mistyped_model_key_is_an_error_naming_it(change, message):
+    model = module_blocks()["model"]
+    if "frontend" in change:
+        change = dict(frontend={**model["frontend"], **change["frontend"]})
+    with pytest.raises(ValueError, match=message):
+        build_detector(3, {**model, **change})
+
+
+def test_the_front_end_assumes_the_rate_the_cache_holds():
+    """model.frontend.sample_rate is audio.sample_rate: a 48 kHz cache gets a 48 kHz mel filterbank."""
+    model = module_blocks("audio.sample_rate=48000", "model.detector=multilabel")["model"]
+    assert model["frontend"]["sample_rate"] == 48000
+    assert build_detector(3, model).frontend.sample_rate == 48000

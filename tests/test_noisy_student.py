@@ -18,7 +18,7 @@ from rfcx_lightning.run import load_config, main
 from rfcx_lightning.stages.noisy_student import (NoisyStudentModule, NoisyStudentStage, WeakClipDataset,
                                                  paired_loader, weak_clip_targets)
 
-from .conftest import smoke_args
+from .conftest import module_blocks, smoke_args
 
 C = 4
 
@@ -104,10 +104,10 @@ def test_paired_loader_steps_follow_the_clip_loader(n_boxes):
 
 def test_box_anchor_adds_the_framewise_box_loss():
     """With a paired batch the loss is clip loss + box_weight x box-crop loss, on the outputs each labels."""
-    kwargs = dict(n_classes=C, optim={"lr": 1e-3, "weight_decay": 0.0},
-                  model={"detector": "multilabel", "backbone": "resnet18", "head": "framewise",
-                         "frontend": {"n_mels": 32, "hop_length": 320}},
-                  augment={}, loss={"kind": "bce"})
+    blocks = module_blocks("model.detector=multilabel", "model.backbone=resnet18", "model.frontend.hop_length=320",
+                           "augment.gain_noise_p=0", "augment.mixup_p=0", "augment.spec_augment.p=0")
+    kwargs = dict(n_classes=C, optim=blocks["optim"], model=blocks["model"], augment=blocks["augment"],
+                  loss={"kind": "bce"})
     torch.manual_seed(0)
     wave = torch.randn(2, 16000)
     clips = {"wave": wave, "targets": torch.ones(2, C), "mask": torch.ones(2, C),

@@ -12,7 +12,7 @@ from rfcx_lightning.orchestration.ensemble import mean_scores, round_box_auroc, 
 from rfcx_lightning.orchestration.pipeline import PipelineSettings, PipelineStage, candidate_score, round_overrides
 from rfcx_lightning.orchestration.rounds import (next_round_name, parse_round_name, plateau_decision,
                                                  round_name, standalone_run_name)
-from rfcx_lightning.postprocess import odds_scale_to_prior
+from rfcx_lightning.postprocessing import odds_scale_to_prior
 from rfcx_lightning.run import load_config, main
 
 from .conftest import smoke_args

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rfcx_lightning.postprocess import odds_scale_to_prior
+from rfcx_lightning.postprocessing import odds_scale_to_prior
 from rfcx_lightning.pseudo.pool import PoolError, PseudoLabelPool
 from rfcx_lightning.pseudo.targets import (EpochItemSampler, TeacherSampler, clip_targets, crop_targets,
                                            draw_teacher, override_with_boxes)

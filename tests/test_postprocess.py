@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from rfcx_lightning.metrics import lwlrap
-from rfcx_lightning.postprocess import (aggregate_clip, calibrate, ensemble, estimate_k, estimate_prior,
+from rfcx_lightning.postprocessing import (aggregate_clip, calibrate, ensemble, estimate_k, estimate_prior,
                                         fit_topk_factors, odds_scale_to_prior, rank_normalize, smooth_framewise,
                                         topk_share, training_balance)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rfcx_lightning.inference import combine_scales, predict_framewise
-from rfcx_lightning.postprocess import odds_scale_to_prior
+from rfcx_lightning.postprocessing import odds_scale_to_prior
 from rfcx_lightning.run import load_config, run
 from rfcx_lightning.workspace import RunState, read_npz
 

@@ -21,7 +21,7 @@ from rfcx_lightning.stages import STAGES, stage_class
 from rfcx_lightning.stages.base import StageModule
 from rfcx_lightning.stages.pretrain import MaskedSpectrogramModule, RecordingCropDataModule, patch_mask
 
-from .conftest import smoke_args
+from .conftest import module_blocks, smoke_args
 
 FAST = ("trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
 FRONTEND = dict(n_fft=1024, hop_length=640, n_mels=32)
@@ -216,10 +216,12 @@ def test_ssl_loss_goes_down_on_tiny_data(smoke_data_root, pretrain_workspace):  
     datamodule = RecordingCropDataModule(cache, recordings, crop_seconds=3.0, sample_rate=32000,
                                          crops_per_recording=2, val_crops_per_recording=1, batch_size=8,
                                          num_workers=0)
+    blocks = module_blocks("model.detector=multilabel", "augment.gain_noise_p=0", "augment.mixup_p=0",
+                           "augment.spec_augment.p=0")
     module = MaskedSpectrogramModule(
-        n_classes=24, model=dict(backbone="mobilenetv3_small_050", head="framewise", frontend=FRONTEND),
-        optim=dict(lr=3e-3, weight_decay=1e-2, warmup_epochs=0), augment={}, loss={"kind": "bce"},
-        ssl=dict(mask_ratio=0.6, mask_patch=[8, 16]))
+        n_classes=24, model=blocks["model"], optim=dict(lr=3e-3, weight_decay=1e-2, warmup_epochs=0),
+        augment=blocks["augment"], loss={"kind": "bce"},
+        ssl=dict(crops_per_recording=2, val_crops_per_recording=1, mask_ratio=0.6, mask_patch=[8, 16]))
     trainer = pl.Trainer(accelerator="cpu", max_epochs=6, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/ssl_loss"]

@@ -13,7 +13,9 @@ import pytest
 from rfcx_lightning.data.annotations import ClassScheme, DataRoot
 from rfcx_lightning.data.datamodule import RecordingSet, box_recordings
 from rfcx_lightning.data.labels import BoxIndex
+from rfcx_lightning.metrics import lwlrap
 from rfcx_lightning.models.bands import class_bands_from_boxes
+from rfcx_lightning.postprocessing import odds_scale_to_prior
 from rfcx_lightning.postprocessing.sources import finished_stages
 from rfcx_lightning.pseudo.pool import PseudoLabelPool
 from rfcx_lightning.run import load_config, main
@@ -197,7 +199,7 @@ def write_run(ws: Path, folder: str, sub, raw=None, oof=None) -> dict:
 def tiny_workspace(ws: Path) -> None:
     def stage(kind, outputs, wall=None, **extra):
         entry = {"folds": {"0": {"status": "done"}}, "outputs": outputs, "metrics": {},
-                 "config": {"stage": {"name": kind}}, **extra}
+                 "config": {"stage": {"name": kind}, "score": {"odds_to_prior": kind != "template"}}, **extra}
         if wall is not None:
             entry["wall_seconds"] = wall
         return entry
@@ -235,16 +237,22 @@ def test_report_lists_every_run_in_pipeline_order_with_hand_computed_lwlrap(tmp_
     assert report["run"].tolist() == ["prior", "bootstrap", "round0_template", "round1_coteach", "ensemble1",
                                       "oracle", "postprocess"]
     assert report["kind"].tolist() == ["prior", "bootstrap", "template", "coteach", "ensemble", "oracle", "postprocess"]
-    expected = {  # run: (test, test raw, OOF)
-        "prior": (LPRIOR, np.nan, LPRIOR), "bootstrap": (L1, L2, L2), "round0_template": (L2, L1, L1),
-        "round1_coteach": (L1, L1, L1), "ensemble1": (L2, L2, L2), "oracle": (L3, L3, L3),
-        "postprocess": (L2, L2, np.nan)}
+    # a K-fold run's OOF on the submission's scale: its raw oof.csv odds-scaled toward the prior, as the stage
+    # scored it (the test fixture's template run has score.odds_to_prior off, so its OOF stays as written);
+    # P2 scaled ranks b's s1 below s2 and c's s2 first: another score than raw P2's
+    L2_SCALED = lwlrap(odds_scale_to_prior(np.asarray(P2, float), PRIOR), TRUTH > 0)
+    L1_SCALED = lwlrap(odds_scale_to_prior(np.asarray(P1, float), PRIOR), TRUTH > 0)
+    assert abs(L2_SCALED - L2) > 0.01
+    expected = {  # run: (test, test raw, OOF, OOF raw)
+        "prior": (LPRIOR, np.nan, LPRIOR, np.nan), "bootstrap": (L1, L2, L2_SCALED, L2),
+        "round0_template": (L2, L1, L1, L1), "round1_coteach": (L1, L1, L1_SCALED, L1),
+        "ensemble1": (L2, L2, L2, np.nan), "oracle": (L3, L3, L3, L3), "postprocess": (L2, L2, np.nan, np.nan)}
     got = report.set_index("run")
     for run, values in expected.items():
-        np.testing.assert_allclose(got.loc[run, ["test_lwlrap", "test_raw_lwlrap", "oof_lwlrap"]].to_numpy(float),
-                                   values, atol=1e-9, err_msg=run)
+        np.testing.assert_allclose(got.loc[run, ["test_lwlrap", "test_raw_lwlrap", "oof_lwlrap", "oof_raw_lwlrap"]]
+                                   .to_numpy(float), values, atol=1e-9, err_msg=run)
     np.testing.assert_allclose(got["test_gap_to_oracle"], 1.0 - got["test_lwlrap"])
-    assert got.loc["bootstrap", "oof_gap_to_oracle"] == pytest.approx(1.0 - L2)
+    assert got.loc["bootstrap", "oof_gap_to_oracle"] == pytest.approx(1.0 - L2_SCALED)
     # wall time: the pipeline's record for its rounds, state.json's own for the others; none for the ensemble
     assert got.loc["round1_coteach", "wall_seconds"] == 20.0 and got.loc["bootstrap", "wall_seconds"] == 10.0
     assert np.isnan(got.loc["ensemble1", "wall_seconds"])
@@ -254,7 +262,7 @@ def test_report_lists_every_run_in_pipeline_order_with_hand_computed_lwlrap(tmp_
     positions = [md.index(f"| {run} |") for run in report["run"]]
     assert positions == sorted(positions)
     assert "`round2_coteach` has not finished" in md and "9 true calls" in md
-    assert "| bootstrap | bootstrap | 0.875 | 0.833 | 0.833 | 10 s | +0.125 | +0.167 |" in md
+    assert "| bootstrap | bootstrap | 0.875 | 0.833 | 0.667 | 0.833 | 10 s | +0.125 | +0.333 |" in md
     assert (ws / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = pd.read_csv(ws / "report.csv")
     np.testing.assert_allclose(written["test_lwlrap"], report["test_lwlrap"], atol=1e-6)
@@ -321,7 +329,8 @@ def test_bootstrap_oracle_report_through_the_cli(tmp_path, smoke_data_root):
         row, metrics = report.set_index("run").loc[run], state["stages"][run]["metrics"]
         assert row["test_lwlrap"] == pytest.approx(metrics["test_lwlrap"], abs=1e-4)
         assert row["test_raw_lwlrap"] == pytest.approx(metrics["test_raw_lwlrap"], abs=1e-4)
-        assert row["oof_lwlrap"] == pytest.approx(metrics["oof_raw_lwlrap"], abs=1e-4)
+        assert row["oof_lwlrap"] == pytest.approx(metrics["oof_lwlrap"], abs=1e-4)         # odds-scaled
+        assert row["oof_raw_lwlrap"] == pytest.approx(metrics["oof_raw_lwlrap"], abs=1e-4)
     assert report.set_index("run").loc["prior", "test_lwlrap"] == pytest.approx(
         state["stages"]["bootstrap"]["metrics"]["test_prior_lwlrap"])
     assert (ws / "report.md").is_file() and (ws / "report.png").is_file()

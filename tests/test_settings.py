@@ -9,11 +9,18 @@ import pytest
 from rfcx_lightning.data.audio import AudioSettings
 from rfcx_lightning.data.datamodule import CropSettings, LoaderSettings
 from rfcx_lightning.detection.stage import DetectSettings
+from rfcx_lightning.features.augment import AugmentSettings
+from rfcx_lightning.models.factory import ModelSettings
 from rfcx_lightning.orchestration.pipeline import PipelineSettings
 from rfcx_lightning.run import available_stages, config_dir, load_config
 from rfcx_lightning.settings import from_block
+from rfcx_lightning.stages.base import OptimSettings
+from rfcx_lightning.stages.bootstrap import BootstrapSettings
 from rfcx_lightning.stages.coteach import CoteachSettings
 from rfcx_lightning.stages.noisy_student import NoisyStudentSettings
+from rfcx_lightning.stages.oracle import OracleSettings
+from rfcx_lightning.stages.pretrain import PretrainSettings
+from rfcx_lightning.stages.template import TemplateSettings
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,10 @@ def test_a_missing_key_is_an_error_naming_it():
 
 # every block that has a settings class, built from every recipe that carries it, under every preset
 BLOCKS = {"coteach": CoteachSettings, "noisy_student": NoisyStudentSettings, "detect": DetectSettings,
-          "crops": CropSettings, "loader": LoaderSettings, "audio": AudioSettings}
+          "crops": CropSettings, "loader": LoaderSettings, "audio": AudioSettings, "model": ModelSettings,
+          "optim": OptimSettings, "augment": AugmentSettings, "bootstrap": BootstrapSettings,
+          "oracle": OracleSettings, "template": TemplateSettings,
+          "pretrain": PretrainSettings}
 
 
 @pytest.mark.parametrize("preset", ["quick", "cpu", "full", "smoke"])
@@ -90,11 +100,25 @@ def test_the_defaults_list_is_written_once_bootstrap_on_the_quick_preset():
         assert "searchpath" not in recipe.read_text() and "- base" not in recipe.read_text(), recipe
 
 
+def test_keys_live_in_the_block_of_the_stage_that_reads_them():
+    """Weak negatives are the bootstrap's (and the oracle's, which composes the bootstrap recipe); the odds
+    scaling of every stage's submission sits with the prior it scales to, in score:."""
+    assert load_config(["stage=bootstrap"]).bootstrap.negatives.per_crop == 0
+    oracle = load_config(["stage=oracle", "bootstrap.negatives.per_crop=2"])
+    assert oracle.stage.name == "oracle" and oracle.bootstrap.negatives.per_crop == 2
+    for stage in ("coteach", "noisy_student", "template", "pipeline"):
+        assert "bootstrap" not in load_config([f"stage={stage}"]) and "negatives" not in load_config([f"stage={stage}"])
+    assert load_config([]).score.odds_to_prior is True and "odds_to_prior" not in load_config([]).postprocess
+    assert load_config(["stage=noisy_student"]).score.odds_to_prior is False   # its targets are already scaled
+
+
 def test_a_misspelt_key_added_to_a_block_names_the_key():
     cfg = load_config(["stage=coteach", "+coteach.wieghts=best"])
     with pytest.raises(ValueError, match=r"coteach\.wieghts"):
         from_block(CoteachSettings, cfg.coteach, "coteach")
     with pytest.raises(ValueError, match=r"pipeline\.max_round\b"):
         PipelineSettings.from_cfg(load_config(["stage=pipeline", "+pipeline.max_round=3"]).pipeline)
+    with pytest.raises(ValueError, match=r"template\.fp_wieght"):
+        from_block(TemplateSettings, load_config(["stage=template", "+template.fp_wieght=1"]).template, "template")
     with pytest.raises(ValueError, match=r"crops\.min_per_epcoh"):
         from_block(CropSettings, load_config(["+crops.min_per_epcoh=3"]).crops, "crops")

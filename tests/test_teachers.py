@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rfcx_lightning.postprocess import odds_scale_to_prior
+from rfcx_lightning.postprocessing import odds_scale_to_prior
 from rfcx_lightning.pseudo.pool import PoolError, PseudoLabelPool, TeacherStack, calibrate, localize
 from rfcx_lightning.pseudo.targets import crop_targets
 from rfcx_lightning.pseudo.teachers import TeacherKeys, TeacherSet, TeacherSettings, box_auroc, sharpen, teacher_weights

@@ -100,7 +100,7 @@ def bench_inference(setup: BenchSetup, module, source: str, n_recordings: int | 
         for mode, parts in clips.items():
             species = ctx.scheme.to_species_scores(np.concatenate(parts))
             result[f"lwlrap_{mode}"] = float(lwlrap(species, truth))
-            # as in submission.csv: odds-scaled to the prior (postprocess.odds_to_prior)
+            # as in submission.csv: odds-scaled to the prior (score.odds_to_prior)
             result[f"lwlrap_{mode}_calibrated"] = float(lwlrap(setup.stage.calibrate(species), truth))
         if "configured" in clips:
             result["lwlrap_configured_minus_windows"] = result["lwlrap_configured"] - result["lwlrap_windows"]

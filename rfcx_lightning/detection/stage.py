@@ -317,7 +317,7 @@ class DetectStage:
     def _load_labels(self, d: DetectSettings) -> None:
         """Class scheme, per-class bands and thresholds: from the run's boxes and out-of-fold predictions."""
         from ..data.annotations import DataRoot, load_boxes
-        from ..stages.context import class_prior
+        from ..stages.context import class_prior, odds_to_prior
 
         run = self.run_cfg
         root = Path(str(d.data_root or run.data.root)).expanduser()
@@ -329,7 +329,7 @@ class DetectStage:
                                              native_sample_rate=int(run.data.native_sample_rate))
         self.class_names = self.scheme.class_names
         self.species_cols = [f"s{s}" for s in self.scheme.species]
-        self.prior = class_prior(run, len(self.scheme.species)) if run.postprocess.get("odds_to_prior") else None
+        self.prior = class_prior(run, len(self.scheme.species)) if odds_to_prior(run) else None
         self.bands, self.class_ids = [], []
         nyquist = self.sample_rate / 2
         species_of = self.scheme.species_of_class
@@ -387,7 +387,7 @@ class DetectStage:
         """The events of one file whose class passes the clip gate (all of them without a gate)."""
         if self.gate is None or not len(table):
             return table
-        from ..postprocess import odds_scale_to_prior
+        from ..postprocessing import odds_scale_to_prior
 
         prior, reference = self.gate
         probability = odds_scale_to_prior(np.asarray(clip, np.float64)[None], prior, reference)[0]
@@ -483,7 +483,7 @@ class DetectStage:
     def merge(self, wall_seconds: float) -> dict[str, Any]:
         """Every file's part -> detections.csv, raven/, clip scores, submissions, errors.csv, thresholds.csv."""
         from ..data.raven import write_selection_table
-        from ..postprocess import odds_scale_to_prior
+        from ..postprocessing import odds_scale_to_prior
 
         thresholds = self.thresholds["threshold"].to_numpy(np.float32)
         events, clip_rows, errors, done = [], [], [], []

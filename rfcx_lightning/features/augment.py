@@ -7,9 +7,36 @@ optional `torch.Generator` so tests (and reproducible debugging) can pin them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+
+@dataclass
+class SpecAugmentSettings:
+    """``augment.spec_augment``: the arguments of :class:`SpecAugment`."""
+
+    p: float
+    time_masks: int
+    time_width: float
+    freq_masks: int
+    freq_width: float
+
+
+@dataclass
+class AugmentSettings:
+    """The ``augment:`` block (stages/base.yaml): waveform gain/noise, mixup on the spectrogram, SpecAugment.
+
+    Built by every stage module from its block (``rfcx_lightning.settings.from_block``): a misspelt key is
+    an error naming it, not an augmentation silently left at a default.
+    """
+
+    gain_noise_p: float
+    mixup_p: float
+    mixup_alpha: float
+    spec_augment: SpecAugmentSettings
 
 
 def _rand(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..postprocess import odds_scale_to_prior
+from ..postprocessing import odds_scale_to_prior
 from ..workspace import write_csv
 
 __all__ = ["ENSEMBLE_FILES", "class_columns", "ensemble_name", "mean_scores", "round_box_auroc",

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..postprocess import odds_scale_to_prior
+from ..postprocessing import odds_scale_to_prior
 from ..workspace import RunState, parse_round_name, read_prediction_rows, run_kind, select_runs
 
 __all__ = ["PoolEntry", "PoolError", "PseudoLabelPool", "TeacherStack"]

@@ -29,7 +29,7 @@ def log_postprocess_dashboard(logger_cfg: DictConfig, ctx, state, name: str, sou
     from .figures import spectrogram_with_boxes
     from ..postprocessing.sources import load_stage_outputs
     from .stats import per_class_ap, pseudo_label_stats, round_scores
-    from ..postprocess import odds_scale_to_prior
+    from ..postprocessing import odds_scale_to_prior
 
     logger = build_logger(logger_cfg, ctx.workspace, name, "dashboard")
     run = logger.experiment

@@ -8,19 +8,31 @@ optimizer and schedule, masked validation, and whole-recording prediction.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from ..features.augment import mixup, waveform_gain_noise
+from ..features.augment import AugmentSettings, mixup, waveform_gain_noise
 from ..inference import predict_batch, predict_framewise
 from ..losses import build_loss
 from ..metrics import MaskedFrameAUROC
-from ..models.factory import build_detector
+from ..models.factory import ModelSettings, build_detector, model_settings
 from ..models.init import apply_init_from
 from ..pseudo.targets import sample_pseudo_classes
+from ..settings import from_block
+
+
+@dataclass
+class OptimSettings:
+    """The ``optim:`` block: AdamW, a linear warm-up over ``warmup_epochs`` (may be fractional), then cosine."""
+
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
 
 
 def labelled_classes(mask: torch.Tensor) -> torch.Tensor:
@@ -33,20 +45,28 @@ def labelled_classes(mask: torch.Tensor) -> torch.Tensor:
 
 
 class StageModule(pl.LightningModule):
-    """Detector + optimisation + prediction; stages change ``target_output`` or override :meth:`training_step`."""
+    """Detector + optimisation + prediction; stages change ``target_output`` or override :meth:`training_step`.
+
+    ``model``, ``optim`` and ``augment`` are the config blocks as plain mappings (so the checkpoint's saved
+    hyper-parameters rebuild the module); each is checked into its settings class here, once, so a missing
+    or misspelt key fails when the module is built, naming ``block.key``.
+    """
 
     def __init__(self, n_classes: int, model: dict, optim: dict, augment: dict, loss: dict,
                  predict: dict | None = None, pseudo_classes_per_item: int | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.model = self.build_network(n_classes, model, augment)
+        self.model_settings = model_settings(model)
+        self.optim_settings = from_block(OptimSettings, optim, "optim")
+        self.augment_settings = from_block(AugmentSettings, augment, "augment")
+        self.model = self.build_network(n_classes, self.model_settings, self.augment_settings)
         loss = dict(loss)
         self.loss_fn = build_loss(loss.pop("kind"), **loss)
         self.val_auroc = MaskedFrameAUROC()
         self.predict_cfg = dict(predict or {"mode": "whole"})
         # pool stages (their block's pseudo_classes_per_item): a band detector scores one class per image,
         # so it trains on a few pseudo-labelled classes per item; a multi-label one scores all anyway
-        pair_scoring = str(model.get("detector") or "multilabel").startswith("band")
+        pair_scoring = self.model_settings.detector.startswith("band")
         self.pseudo_classes_per_item = pseudo_classes_per_item if pair_scoring else None
 
     @classmethod
@@ -57,17 +77,17 @@ class StageModule(pl.LightningModule):
         return {}
 
     @staticmethod
-    def build_network(n_classes: int, model: dict, augment: dict) -> torch.nn.Module:
+    def build_network(n_classes: int, model: ModelSettings, augment: AugmentSettings) -> torch.nn.Module:
         """One detector of the ``model:`` config, started from ``model.init_from`` when given.
 
         ``init_from`` is applied after ``pretrained_path``: an earlier stage's backbone wins over ImageNet.
         Stages with several networks (coteach) build each one here. ``model.channels_last`` stores the
         convolution weights channels-last, the layout oneDNN (CPU) and cuDNN under AMP run fastest.
         """
-        network = build_detector(n_classes, model, augment.get("spec_augment"))
-        if model.get("init_from"):
-            apply_init_from(network, model["init_from"])
-        if model.get("channels_last"):  # absent (a hand-built block): the plain layout
+        network = build_detector(n_classes, model, dataclasses.asdict(augment.spec_augment))
+        if model.init_from:
+            apply_init_from(network, model.init_from)
+        if model.channels_last:
             network = network.to(memory_format=torch.channels_last)
         return network
 
@@ -105,12 +125,12 @@ class StageModule(pl.LightningModule):
         label rule (max of targets, unknown stays unknown unless the partner is a labelled 1) is applied
         to the same pairs.
         """
-        aug = self.hparams.augment
-        if aug.get("gain_noise_p", 0) > 0:
-            wave = waveform_gain_noise(wave, p=aug["gain_noise_p"])
+        aug = self.augment_settings
+        if aug.gain_noise_p > 0:
+            wave = waveform_gain_noise(wave, p=aug.gain_noise_p)
         spec = self.model.spectrogram(wave)
-        if aug.get("mixup_p", 0) > 0 and float(torch.rand(())) < aug["mixup_p"]:
-            spec, targets, mask = mixup(spec, targets, mask, alpha=aug.get("mixup_alpha", 0.5))
+        if aug.mixup_p > 0 and float(torch.rand(())) < aug.mixup_p:
+            spec, targets, mask = mixup(spec, targets, mask, alpha=aug.mixup_alpha)
         return self.model.forward_spectrogram(spec, active=labelled_classes(mask)), targets, mask
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -130,11 +150,11 @@ class StageModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """AdamW with a linear warm-up then cosine decay, stepped per batch."""
-        optim = self.hparams.optim
-        optimizer = torch.optim.AdamW(self.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
+        optim = self.optim_settings
+        optimizer = torch.optim.AdamW(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = min(total - 1, int(optim.get("warmup_epochs", 0) * steps_per_epoch))
+        warmup = min(total - 1, int(optim.warmup_epochs * steps_per_epoch))
 
         def factor(step: int) -> float:
             if step < warmup:

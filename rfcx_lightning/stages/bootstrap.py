@@ -2,20 +2,39 @@
 
 Targets are 1 in TP boxes, 0 in FP boxes, and every other (class, frame) cell is left out of the loss:
 most calls in RFCx are unlabelled, so "not labelled" must never be read as "absent" (1st place). The one
-exception is ``negatives:``: a few unlabelled classes of each crop become negatives at a small weight,
+exception is ``bootstrap.negatives``: a few unlabelled classes of each crop become negatives at a small weight,
 scaled down for common species, because a detector that has never seen ordinary background in a band
 fires on it over a whole minute (docs/results.md "Bootstrap fold-0 diagnosis").
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..data.labels import add_unlabelled_negatives
+from ..settings import from_block
 from .base import StageModule
 from .runner import KFoldStage
+
+
+@dataclass
+class NegativesSettings:
+    """``bootstrap.negatives``: weak negatives for classes with no label in a crop (stages/stage/bootstrap.yaml)."""
+
+    per_crop: int
+    weight: float
+    prior_scaled: bool
+
+
+@dataclass
+class BootstrapSettings:
+    """The ``bootstrap:`` block. Only the bootstrap (and the oracle, which composes the bootstrap's recipe)
+    has one: the pool stages never label an unlabelled cell negative, their teachers do."""
+
+    negatives: NegativesSettings
 
 
 class BootstrapModule(StageModule):
@@ -45,7 +64,7 @@ def negative_class_weights(weight: float, prior_scaled: bool, class_prior: np.nd
     """
     weight = float(weight)
     if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"negatives.weight must be in [0, 1], got {weight}")
+        raise ValueError(f"bootstrap.negatives.weight must be in [0, 1], got {weight}")
     weights = np.full(n_classes, weight)
     if prior_scaled and class_prior is not None:
         weights = weights * (1.0 - np.asarray(class_prior, dtype=np.float64))
@@ -59,9 +78,9 @@ class BootstrapStage(KFoldStage):
     module_class = BootstrapModule
 
     def module_kwargs(self, fold: int) -> dict:
-        """The ``negatives:`` block: implied negatives per crop and their class weights (prior-scaled)."""
-        negatives, ctx = self.cfg.negatives, self.ctx
+        """``bootstrap.negatives``: implied negatives per crop and their class weights (prior-scaled)."""
+        negatives, ctx = from_block(BootstrapSettings, self.cfg.bootstrap, "bootstrap").negatives, self.ctx
         prior = None if ctx.prior is None else ctx.prior[ctx.scheme.species_of_class]
-        return dict(negatives_per_crop=int(negatives.per_crop),
-                    negative_weights=negative_class_weights(negatives.weight, bool(negatives.prior_scaled), prior,
+        return dict(negatives_per_crop=negatives.per_crop,
+                    negative_weights=negative_class_weights(negatives.weight, negatives.prior_scaled, prior,
                                                             ctx.scheme.n_classes))

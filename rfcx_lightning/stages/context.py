@@ -123,7 +123,19 @@ def wait_for(ready, what: str, timeout_s: float = 3600.0, poll_s: float = 2.0) -
         time.sleep(poll_s)
 
 
+def odds_to_prior(cfg: DictConfig) -> bool:
+    """Whether a run's ``submission.csv`` is odds-scaled toward ``score.prior`` (``score.odds_to_prior``).
+
+    Detection reads this from a run's recorded config; workspaces written before the key moved into
+    ``score:`` (2026-12-08) recorded it as ``postprocess.odds_to_prior``.
+    """
+    if "odds_to_prior" in cfg.score:
+        return bool(cfg.score.odds_to_prior)
+    return bool(cfg.postprocess.odds_to_prior)
+
+
 def class_prior(cfg: DictConfig, n_species: int) -> np.ndarray | None:
+    """The per-class prior of ``score.prior`` (``rfcx_test``: the RFCx test set's; a list; null: none)."""
     prior = cfg.score.get("prior")
     if prior is None:
         return None

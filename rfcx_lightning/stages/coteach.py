@@ -134,7 +134,7 @@ class CoteachModule(StageModule):
         self.coteach = settings
         with torch.random.fork_rng():  # a different initialisation, without disturbing the global stream
             torch.manual_seed(int(self.coteach.peer_seed))
-            self.peer = self.build_network(n_classes, model, augment)  # same init_from backbone, own head
+            self.peer = self.build_network(n_classes, self.model_settings, self.augment_settings)  # same init_from backbone, own head
         self.use_ema = self.coteach.ema.enabled
         if self.use_ema:
             avg = get_ema_multi_avg_fn(self.coteach.ema.decay)
@@ -162,7 +162,7 @@ class CoteachModule(StageModule):
 
     def network_logits(self, net: nn.Module, wave: Tensor, active: Tensor) -> Tensor:
         """One network's framewise logits under its own random gain/noise and SpecAugment draws."""
-        p = self.hparams.augment["gain_noise_p"]
+        p = self.augment_settings.gain_noise_p
         if p > 0:
             wave = waveform_gain_noise(wave, p=p)
         return net.forward_spectrogram(net.spectrogram(wave), active=active)["framewise_logits"]

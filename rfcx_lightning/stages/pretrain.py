@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,10 +41,21 @@ from ..checkpointing import AtomicCheckpointIO, last_epoch_checkpoint
 from ..data.audio import AudioCache
 from ..reporting.loggers import build_logger
 from ..models.init import save_backbone
+from ..settings import from_block
 from .base import StageModule
 from .runner import StageRun
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainSettings:
+    """The ``pretrain:`` block (stages/stage/pretrain.yaml)."""
+
+    crops_per_recording: int
+    val_crops_per_recording: int
+    mask_ratio: float
+    mask_patch: list
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -142,8 +154,9 @@ class MaskedSpectrogramModule(StageModule):
         # front-end, so pretraining always uses the plain multi-label detector (no class bands needed)
         model = dict(model, detector="multilabel")
         super().__init__(n_classes, model, optim, augment, loss, predict)
-        self.mask_ratio = float(ssl["mask_ratio"])
-        patch = ssl["mask_patch"]
+        settings = from_block(PretrainSettings, ssl, "pretrain")
+        self.mask_ratio = settings.mask_ratio
+        patch = settings.mask_patch
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"pretrain.mask_ratio={self.mask_ratio}: must lie in (0, 1)")
         if len(patch) != 2 or min(int(p) for p in patch) < 1:
@@ -228,11 +241,11 @@ class PretrainStage(StageRun):
                                  predict=container["predict"], **self.module_class.block_kwargs(container))
 
     def build_datamodule(self) -> RecordingCropDataModule:
-        cfg, ssl = self.cfg, self.cfg.pretrain
+        cfg, ssl = self.cfg, from_block(PretrainSettings, self.cfg.pretrain, "pretrain")
         return RecordingCropDataModule(
             self.ctx.cache, self.recordings(), crop_seconds=float(cfg.crops.seconds),
-            sample_rate=int(cfg.audio.sample_rate), crops_per_recording=int(ssl.crops_per_recording),
-            val_crops_per_recording=int(ssl.val_crops_per_recording),
+            sample_rate=int(cfg.audio.sample_rate), crops_per_recording=ssl.crops_per_recording,
+            val_crops_per_recording=ssl.val_crops_per_recording,
             batch_size=int(cfg.loader.batch_size), num_workers=int(cfg.loader.num_workers))
 
     def build_trainer(self) -> pl.Trainer:

@@ -14,7 +14,12 @@ in pipeline order:
 5. every other finished run (``postprocess``, custom names) in the order ``state.json`` lists them.
 
 Columns: the test LWLRAP of the run's ``submission.csv`` as written, of its ``submission_raw.csv``, the OOF
-LWLRAP of its ``oof.csv``, its wall time, and its gap to the oracle (oracle minus run). The scores come from
+LWLRAP on the submission's scale and before it, its wall time, and its gap to the oracle (oracle minus run).
+The OOF pair mirrors the test pair so every row compares like with like: a K-fold stage writes ``oof.csv``
+before odds scaling, so its ``oof_lwlrap`` is that table odds-scaled as its ``submission.csv`` was (when the
+run's ``score.odds_to_prior`` is on; the same figure as its ``oof_lwlrap`` in ``state.json``) and its
+``oof_raw_lwlrap`` the table as written; an ensemble or ``postprocess`` writes ``oof.csv`` already calibrated,
+so it has ``oof_lwlrap`` only. The scores come from
 the files, not from ``state.json``, so rows that have no stage behind them (the ensembles) are scored the
 same way; every file must hold exactly the data root's test (or train) recordings, so all rows are on the
 same clips. The clip labels are the ones the stages score against (:func:`~.context.clip_label_sources`:
@@ -36,11 +41,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..orchestration.leaderboard import read_score_table
+from ..postprocessing import odds_scale_to_prior
 from ..workspace import STATE_FILE, RunState, atomic_path, parse_round_name, run_kind, write_csv, write_text
+from .context import odds_to_prior
 from .runner import clip_label_scores
 
 log = logging.getLogger(__name__)
@@ -49,8 +56,9 @@ log = logging.getLogger(__name__)
 RUN_FILES = (("test", "submission.csv", "test"), ("test_raw", "submission_raw.csv", "test"),
              ("oof", "oof.csv", "train"))
 TEACHER_KINDS = ("template", "bootstrap")
-COLUMNS = ["run", "kind", "test_lwlrap", "test_raw_lwlrap", "oof_lwlrap", "wall_seconds",
+COLUMNS = ["run", "kind", "test_lwlrap", "test_raw_lwlrap", "oof_lwlrap", "oof_raw_lwlrap", "wall_seconds",
            "test_gap_to_oracle", "oof_gap_to_oracle", "note"]
+SCORE_COLUMNS = ["test_lwlrap", "test_raw_lwlrap", "oof_lwlrap", "oof_raw_lwlrap"]
 
 
 @dataclass
@@ -62,6 +70,10 @@ class ReportRun:
     files: dict[str, Path] = field(default_factory=dict)   # file name -> path (only the files that exist)
     wall_seconds: float | None = None
     note: str = ""
+    #: ``oof.csv`` holds scores before odds scaling (a K-fold stage run) ...
+    oof_is_raw: bool = False
+    #: ... which its submission odds-scaled toward the prior (``score.odds_to_prior`` of its config)
+    oof_odds_scaled: bool = False
 
 
 def _files(state: RunState, entry: dict[str, Any] | None, folder: Path) -> dict[str, Path]:
@@ -91,8 +103,11 @@ def collect_runs(state: RunState) -> tuple[list[ReportRun], list[str]]:
                              "left out")
             continue
         wall = (rounds.get(name) or {}).get("wall_seconds", entry.get("wall_seconds"))
-        finished[name] = ReportRun(name, run_kind(name, entry), _files(state, entry, state.workspace / name),
-                                   None if wall is None else float(wall))
+        kind = run_kind(name, entry)
+        raw = kind != "postprocess"      # every K-fold stage writes oof.csv before odds scaling
+        finished[name] = ReportRun(name, kind, _files(state, entry, state.workspace / name),
+                                   None if wall is None else float(wall), oof_is_raw=raw,
+                                   oof_odds_scaled=raw and odds_to_prior(OmegaConf.create(entry["config"])))
 
     def take(names: Sequence[str]) -> list[ReportRun]:
         return [finished.pop(n) for n in names if n in finished]
@@ -157,17 +172,19 @@ def score_runs(runs: Sequence[ReportRun], ids: dict[str, Sequence[str]], truths:
         else:
             predictions = {key: read_run_scores(run.files[file_name], ids[split], species)
                            for key, file_name, split in RUN_FILES if file_name in run.files}
+            if "oof" in predictions and run.oof_is_raw:
+                predictions["oof_raw"] = predictions["oof"]
+                if run.oof_odds_scaled and prior is not None:
+                    predictions["oof"] = odds_scale_to_prior(predictions["oof_raw"], prior)
             scores = clip_label_scores(predictions, truths, species, prior)
         note = run.note
         absent = [f for _, f, _ in RUN_FILES if f not in run.files]
         if run.kind != "prior" and absent:
             note = "; ".join(filter(None, [note, f"no {', '.join(absent)}"]))
-        records.append({"run": run.name, "kind": run.kind, "test_lwlrap": scores.get("test_lwlrap"),
-                        "test_raw_lwlrap": scores.get("test_raw_lwlrap"), "oof_lwlrap": scores.get("oof_lwlrap"),
+        records.append({"run": run.name, "kind": run.kind, **{c: scores.get(c) for c in SCORE_COLUMNS},
                         "wall_seconds": run.wall_seconds, "note": note})
     table = pd.DataFrame(records, columns=[c for c in COLUMNS if not c.endswith("_gap_to_oracle")])
-    table[["test_lwlrap", "test_raw_lwlrap", "oof_lwlrap", "wall_seconds"]] = \
-        table[["test_lwlrap", "test_raw_lwlrap", "oof_lwlrap", "wall_seconds"]].astype(float)
+    table[SCORE_COLUMNS + ["wall_seconds"]] = table[SCORE_COLUMNS + ["wall_seconds"]].astype(float)
     oracle = table[table["kind"] == "oracle"]
     for split in ("test", "oof"):
         ceiling = float(oracle[f"{split}_lwlrap"].iloc[0]) if len(oracle) else math.nan
@@ -191,12 +208,13 @@ def _wall(seconds: float) -> str:
 def markdown(table: pd.DataFrame, header: Sequence[str], notes: Sequence[str]) -> str:
     """``report.md``: the header lines, the table (3 decimals; gaps signed), the notes and the figure."""
     lines = ["# Label-efficiency report", "", *header, "",
-             "| run | kind | test LWLRAP | test raw | OOF LWLRAP | wall time | gap to oracle (test) | "
-             "gap to oracle (OOF) | note |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| run | kind | test LWLRAP | test raw | OOF LWLRAP | OOF raw | wall time | gap to oracle (test) | "
+             "gap to oracle (OOF) | note |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in table.itertuples(index=False):
         gaps = [("" if not math.isfinite(g) else f"{g:+.3f}") for g in (row.test_gap_to_oracle, row.oof_gap_to_oracle)]
         lines.append(f"| {row.run} | {row.kind} | {_cell(row.test_lwlrap)} | {_cell(row.test_raw_lwlrap)} | "
-                     f"{_cell(row.oof_lwlrap)} | {_wall(row.wall_seconds)} | {gaps[0]} | {gaps[1]} | {row.note} |")
+                     f"{_cell(row.oof_lwlrap)} | {_cell(row.oof_raw_lwlrap)} | {_wall(row.wall_seconds)} | {gaps[0]} | "
+                     f"{gaps[1]} | {row.note} |")
     if notes:
         lines += ["", "Notes:", "", *[f"* {n}" for n in notes]]
     lines += ["", "![test and OOF LWLRAP per run](report.png)", ""]
@@ -224,7 +242,7 @@ def plot(table: pd.DataFrame, path: Path, title: str = "") -> Path:
         ax.set_axis_off()
     else:
         x = np.arange(len(runs))
-        for split, marker, label in (("test", "o", "test (submission.csv)"), ("oof", "s", "OOF (oof.csv)")):
+        for split, marker, label in (("test", "o", "test (submission.csv)"), ("oof", "s", "OOF (as the submission)")):
             ys = runs[f"{split}_lwlrap"].to_numpy(dtype=float)
             ax.plot(x, ys, marker=marker, color=colors[split], linewidth=1, label=label)
             for xi, y in zip(x, ys):
@@ -294,9 +312,10 @@ def build_report(workspace: Path, ids: dict[str, Sequence[str]], truths: dict[st
         if truths.get("oof") is None:
             header.append("No clip labels for the train recordings: the OOF column is empty.")
     header.append("test LWLRAP: `submission.csv` as written (odds-scaled toward `score.prior` unless the stage "
-                  "turns it off); test raw: `submission_raw.csv`; OOF: `oof.csv` as written (the K-fold stages "
-                  "write it before odds scaling, so it is their `oof_raw_lwlrap` in state.json); gap to oracle: "
-                  "the oracle's LWLRAP minus the run's (positive: below the ceiling).")
+                  "turns it off); test raw: `submission_raw.csv`; OOF LWLRAP: `oof.csv` on the submission's scale "
+                  "(a K-fold run's table odds-scaled as its submission was; an ensemble's as written), the "
+                  "`oof_lwlrap` of state.json; OOF raw: a K-fold run's `oof.csv` as written, before odds scaling; "
+                  "gap to oracle: the oracle's LWLRAP minus the run's (positive: below the ceiling).")
     oracle = [n for n, e in state.data.get("stages", {}).items() if run_kind(n, e) == "oracle"]
     if not (table["kind"] == "oracle").any():
         notes.append("no finished oracle run, so no gaps: run `stage=oracle` with this workspace (synthetic data only)")

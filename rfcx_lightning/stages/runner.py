@@ -27,7 +27,7 @@ from ..inference import ShardedPredictionWriter
 from ..reporting.loggers import build_logger
 from ..metrics import lwlrap, prior_baseline_lwlrap
 from ..models.bands import class_bands_from_boxes
-from ..postprocess import odds_scale_to_prior
+from ..postprocessing import odds_scale_to_prior
 from ..postprocessing.chain import Option, fold_clip_scores
 from ..settings import from_block
 from ..workspace import RunState, read_npz, write_csv, write_npz
@@ -89,7 +89,7 @@ class KFoldStage(StageRun):
         """The ``model:`` block plus what the data decides: each class's band for the band detectors.
 
         ``fold`` is the fold the module is built for (``None`` outside a fold, e.g. for the band table)."""
-        if str(model.get("detector") or "multilabel").startswith("band") and not model.get("class_bands"):
+        if model["detector"].startswith("band") and not model.get("class_bands"):   # class_bands: not a config key
             model = dict(model, class_bands=class_bands_from_boxes(self.band_boxes, self.ctx.scheme.n_classes))
         return model
 
@@ -244,8 +244,8 @@ class KFoldStage(StageRun):
         return n_frames / float(self.cfg.data.duration_s)
 
     def calibrate(self, species_scores: np.ndarray) -> np.ndarray:
-        """Odds scaling toward the class prior (``postprocess.odds_to_prior``); identity when off or no prior."""
-        if self.ctx.prior is None or not self.cfg.postprocess.odds_to_prior:
+        """Odds scaling toward the class prior (``score.odds_to_prior``); identity when off or no prior."""
+        if self.ctx.prior is None or not self.cfg.score.odds_to_prior:
             return species_scores
         return odds_scale_to_prior(species_scores, self.ctx.prior)
 

@@ -20,21 +20,56 @@ import logging
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 
 from ..data.datamodule import LoaderSettings
 from ..inference import ShardedPredictionWriter, predict_batch
 from ..models.template import TemplateBank, TemplateMatcher
+from ..settings import from_block
 from ..workspace import atomic_path
 from .runner import KFoldStage
 
 log = logging.getLogger(__name__)
 
-_MATCHER_KEYS = ("frontend", "denoise", "freq_margin_hz", "min_rows", "min_frames", "fp_weight", "mapping",
-                 "sigmoid_center", "sigmoid_scale", "pool_frames", "buckets_per_octave")
+@dataclass
+class TemplateFrontendSettings:
+    """``template.frontend``: the log-mel of templates and scored recordings (at ``audio.sample_rate``)."""
+
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    fmin: float
+    fmax: float
+    top_db: float | None
+
+
+@dataclass
+class TemplateSettings:
+    """The ``template:`` block (stages/stage/template.yaml): where the NCC runs and the matcher's settings."""
+
+    accelerator: str
+    batch_size: int
+    frontend: TemplateFrontendSettings
+    denoise: str
+    freq_margin_hz: float
+    min_rows: int
+    min_frames: int
+    fp_weight: float
+    mapping: str
+    sigmoid_center: float
+    sigmoid_scale: float
+    pool_frames: int
+    buckets_per_octave: int
+
+    def matcher_kwargs(self) -> dict:
+        """The :class:`TemplateMatcher` arguments: every key but where it runs and how many at once."""
+        kwargs = dataclasses.asdict(self)
+        del kwargs["accelerator"], kwargs["batch_size"]
+        return kwargs
 
 
 class TemplateModule(pl.LightningModule):
@@ -58,18 +93,21 @@ class TemplateStage(KFoldStage):
 
     kind = "template"
 
+    @property
+    def settings(self) -> TemplateSettings:
+        return from_block(TemplateSettings, self.cfg.template, "template")
+
     def build_matcher(self) -> TemplateMatcher:
-        tcfg = OmegaConf.to_container(self.cfg.template, resolve=True)
         return TemplateMatcher(self.ctx.scheme.n_classes, sample_rate=int(self.cfg.audio.sample_rate),
-                               **{k: tcfg[k] for k in _MATCHER_KEYS if k in tcfg})
+                               **self.settings.matcher_kwargs())
 
     def loader_settings(self) -> LoaderSettings:
         """Recordings scored per batch: ``template.batch_size`` (no network, so not ``loader``'s)."""
-        return dataclasses.replace(super().loader_settings(), predict_batch_size=int(self.cfg.template.batch_size))
+        return dataclasses.replace(super().loader_settings(), predict_batch_size=self.settings.batch_size)
 
     def build_trainer(self, fold: int, fold_dir: Path, writer: ShardedPredictionWriter) -> pl.Trainer:
         trainer = self.cfg.trainer
-        return pl.Trainer(accelerator=str(self.cfg.template.accelerator), devices=trainer.devices,
+        return pl.Trainer(accelerator=self.settings.accelerator, devices=trainer.devices,
                           strategy=trainer.strategy, precision="32-true", logger=False, callbacks=[writer],
                           default_root_dir=str(fold_dir), enable_progress_bar=bool(trainer.enable_progress_bar),
                           enable_model_summary=False)
@@ -83,7 +121,7 @@ class TemplateStage(KFoldStage):
         if not sources:
             raise ValueError(f"{self.name} fold {fold}: the training recordings have no TP/FP box to cut "
                              "templates from")
-        batch = int(self.cfg.template.batch_size)
+        batch = self.settings.batch_size
         templates = []
         for start in range(0, len(sources), batch):
             chunk = sources[start:start + batch]
