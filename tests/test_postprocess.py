@@ -122,20 +122,31 @@ def test_clip_aggregations():
 
 
 def test_folds_combine_framewise_before_the_max_unless_told_otherwise():
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from rfcx_lightning.config import load_config
     from rfcx_lightning.postprocessing.chain import Option, fold_clip_scores
 
+    block = OmegaConf.to_container(load_config([]).postprocess, resolve=True)
+    default = Option.from_config(block)                              # the base.yaml defaults: frames, max
+    assert (default.fold_level, default.aggregate, default.fold_ensemble) == ("frames", "max", "mean")
     # two folds that each put one spurious peak on a different frame, and agree on a moderate call
     a = np.array([[[0.9, 0.5, 0.1]]], np.float32)
     b = np.array([[[0.1, 0.5, 0.9]]], np.float32)
     clips = [f.max(-1) for f in (a, b)]
-    frames = fold_clip_scores([a, b], clips, Option(), frames_per_second=1.0)
+    frames = fold_clip_scores([a, b], clips, default, frames_per_second=1.0)
     assert frames[0, 0] == pytest.approx(0.5)                       # max over time of the fold mean
-    per_fold = fold_clip_scores([a, b], clips, Option(fold_level="clips"), frames_per_second=1.0)
+    per_fold = fold_clip_scores([a, b], clips, dataclasses.replace(default, fold_level="clips"), frames_per_second=1.0)
     assert per_fold[0, 0] == pytest.approx(0.9)                     # mean of each fold's own max
-    head = fold_clip_scores([a, b], [np.array([[0.2]]), np.array([[0.4]])], Option(aggregate="clip"), 1.0)
+    head = fold_clip_scores([a, b], [np.array([[0.2]]), np.array([[0.4]])],
+                            dataclasses.replace(default, aggregate="clip"), 1.0)
     assert head[0, 0] == pytest.approx(0.3)                         # the head's clip output: combined as clips
     with pytest.raises(ValueError, match="fold_level"):
-        Option.from_config({"fold_level": "recordings"})
+        Option.from_config({**block, "fold_level": "recordings"})
+    with pytest.raises(ValueError, match=r"postprocess\.smooth_secnds"):         # a misspelt key is named
+        Option.from_config({**block, "smooth_secnds": 1.0})
 
 
 def test_ensembles():

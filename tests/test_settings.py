@@ -12,10 +12,12 @@ from rfcx_lightning.detection.stage import DetectSettings
 from rfcx_lightning.features.augment import AugmentSettings
 from rfcx_lightning.models.factory import ModelSettings
 from rfcx_lightning.orchestration.pipeline import PipelineSettings
+from rfcx_lightning.postprocessing.chain import PostprocessSettings
 from rfcx_lightning.run import available_stages, config_dir, load_config
 from rfcx_lightning.settings import from_block
 from rfcx_lightning.stages.base import OptimSettings
 from rfcx_lightning.stages.bootstrap import BootstrapSettings
+from rfcx_lightning.stages.context import ScoreSettings
 from rfcx_lightning.stages.coteach import CoteachSettings
 from rfcx_lightning.stages.noisy_student import NoisyStudentSettings
 from rfcx_lightning.stages.oracle import OracleSettings
@@ -70,7 +72,7 @@ BLOCKS = {"coteach": CoteachSettings, "noisy_student": NoisyStudentSettings, "de
           "crops": CropSettings, "loader": LoaderSettings, "audio": AudioSettings, "model": ModelSettings,
           "optim": OptimSettings, "augment": AugmentSettings, "bootstrap": BootstrapSettings,
           "oracle": OracleSettings, "template": TemplateSettings,
-          "pretrain": PretrainSettings}
+          "pretrain": PretrainSettings, "score": ScoreSettings, "postprocess": PostprocessSettings}
 
 
 @pytest.mark.parametrize("preset", ["quick", "cpu", "full", "smoke"])

@@ -294,7 +294,9 @@ class DetectStage:
         self.sample_rate = int(run.audio.sample_rate)
         self.duration_s = float(run.data.duration_s)
         self.predict_cfg = OmegaConf.to_container(run.predict, resolve=True)
-        self.option = Option.from_config(run.postprocess)
+        postprocess = OmegaConf.to_container(run.postprocess, resolve=True)
+        postprocess.pop("odds_to_prior", None)   # recorded there by workspaces written before it moved to score:
+        self.option = Option.from_config(postprocess)
         if self.option.fold_ensemble == "rank_mean":
             raise DetectError(f"run {self.source}: postprocess.fold_ensemble=rank_mean ranks scores across "
                               "recordings, which a file-by-file detector cannot do; detect with mean or "

@@ -15,35 +15,64 @@ on the very scores it changes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..settings import from_block
 from .ensemble import ensemble
 from .methods import Calibrated, calibrate
 from .sources import StageOutputs
 from .temporal import aggregate_clip, seconds_to_frames, smooth_framewise
 
 
+@dataclass
+class InferenceSettings:
+    """``postprocess.inference``: re-prediction modes and multiscale window lengths (stage=postprocess)."""
+
+    modes: list
+    scales: list
+
+
+@dataclass
+class PostprocessSettings:
+    """The ``postprocess:`` block (stages/base.yaml): the chain every K-fold stage's submission goes
+    through (its :class:`Option` keys) plus what only ``stage=postprocess`` reads."""
+
+    sources: Any                    # latest | all | [run names]
+    fold_ensemble: str
+    fold_level: str
+    ensemble: str
+    smooth_seconds: float
+    aggregate: str
+    top_n: int
+    method: str
+    prior: str
+    compare: dict
+    inference: InferenceSettings
+
+
 @dataclass(frozen=True)
 class Option:
-    smooth_seconds: float = 0.0     # moving-average window; 0 = none
-    aggregate: str = "max"          # max | topn_mean | mean | clip (the model's own clip output)
-    top_n: int = 3
-    fold_ensemble: str = "mean"
-    fold_level: str = "frames"      # frames: combine folds' framewise scores, then aggregate | clips
-    ensemble: str = "mean"
-    method: str = "odds"            # raw | odds | topk_linear | topk_power
-    prior: str = "config"           # config | estimated
+    """One post-processing option (the defaults are ``postprocess:``'s, in stages/base.yaml)."""
+
+    smooth_seconds: float           # moving-average window; 0 = none
+    aggregate: str                  # max | topn_mean | mean | clip (the model's own clip output)
+    top_n: int
+    fold_ensemble: str
+    fold_level: str                 # frames: combine folds' framewise scores, then aggregate | clips
+    ensemble: str
+    method: str                     # raw | odds | topk_linear | topk_power
+    prior: str                      # config | estimated
 
     def label(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_config(cls, pp) -> "Option":
-        """The option a ``postprocess:`` config block describes (keys it lacks keep their defaults)."""
-        fields = {k: type(f.default)(pp[k]) for k, f in cls.__dataclass_fields__.items() if pp.get(k) is not None}
-        option = cls(**fields)
+    def from_config(cls, pp: PostprocessSettings | Mapping[str, Any]) -> "Option":
+        """The option a ``postprocess:`` config block describes, every key checked (:func:`from_block`)."""
+        settings = pp if isinstance(pp, PostprocessSettings) else from_block(PostprocessSettings, pp, "postprocess")
+        option = cls(**{k: getattr(settings, k) for k in cls.__dataclass_fields__})
         if option.fold_level not in FOLD_LEVELS:
             raise ValueError(f"postprocess.fold_level={option.fold_level!r}: choose one of {FOLD_LEVELS}")
         return option

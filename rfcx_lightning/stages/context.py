@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,6 +122,16 @@ def wait_for(ready, what: str, timeout_s: float = 3600.0, poll_s: float = 2.0) -
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to prepare {what}")
         time.sleep(poll_s)
+
+
+@dataclass
+class ScoreSettings:
+    """The ``score:`` block: the class prior and whether each stage's ``submission.csv`` is scaled to it.
+    Checked when a stage's context is built (a recorded run's config is read key by key: older workspaces
+    kept ``odds_to_prior`` under ``postprocess:``)."""
+
+    prior: Any                      # rfcx_test | [per-class values] | null
+    odds_to_prior: bool
 
 
 def odds_to_prior(cfg: DictConfig) -> bool:
@@ -235,6 +246,7 @@ def prepare_context(cfg: DictConfig) -> StageContext:
     train = RecordingSet("train", tuple(train_ids), BoxIndex.from_frame(boxes, train_ids))
 
     test_truth, train_truth = load_clip_truth(cfg, root, train_ids, test_ids, species)
+    from_block(ScoreSettings, cfg.score, "score")
 
     return StageContext(cfg=cfg, workspace=workspace, data_root=data_root, scheme=scheme, boxes=boxes,
                         train=train, test_ids=list(test_ids), cache=cache, fold_of_recording=fold_of,

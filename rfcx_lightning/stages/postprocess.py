@@ -26,8 +26,9 @@ from omegaconf import OmegaConf
 
 from ..metrics import lwlrap, prior_baseline_lwlrap
 from ..postprocessing.calibration import estimate_prior, training_balance
-from ..postprocessing.chain import Option, apply_option, class_scores
+from ..postprocessing.chain import Option, PostprocessSettings, apply_option, class_scores
 from ..postprocessing.sources import load_stage_outputs, resolve_sources
+from ..settings import from_block
 from ..workspace import write_csv, write_json
 from .context import StageContext
 from .runner import StageRun
@@ -42,7 +43,7 @@ class PostprocessStage(StageRun):
 
     def __init__(self, ctx: StageContext, name: str | None = None):
         super().__init__(ctx, name)
-        self.pp = self.cfg.postprocess
+        self.pp = from_block(PostprocessSettings, self.cfg.postprocess, "postprocess")
 
     # -- configuration ----------------------------------------------------------------------------------
     def option(self, **changes: Any) -> Option:
@@ -53,9 +54,7 @@ class PostprocessStage(StageRun):
         ensemble only when there are several sources)."""
         configured = self.option()
         rows, seen = [("configured", configured)], {configured}
-        compare = self.pp.get("compare")
-        compare = OmegaConf.to_container(compare, resolve=True) if compare is not None else {}
-        for key, values in compare.items():
+        for key, values in self.pp.compare.items():
             if key == "ensemble" and n_sources < 2:
                 continue
             if key not in Option.__dataclass_fields__:
@@ -77,9 +76,8 @@ class PostprocessStage(StageRun):
             return {}
         ctx = self.ctx
         stage_state = self.state.stage(self.name)
-        stage_state["config"] = OmegaConf.to_container(self.pp, resolve=True)
-        names = resolve_sources(self.state, OmegaConf.to_container(self.pp.sources, resolve=True)
-                                if OmegaConf.is_config(self.pp.sources) else self.pp.sources, exclude=[self.name])
+        stage_state["config"] = OmegaConf.to_container(self.cfg.postprocess, resolve=True)
+        names = resolve_sources(self.state, self.pp.sources, exclude=[self.name])
         train_ids = list(ctx.train.recording_ids)
         sources = [load_stage_outputs(self.state, n, train_ids, ctx.test_ids) for n in names]
         log.info("postprocess: sources %s", names)
@@ -142,7 +140,7 @@ class PostprocessStage(StageRun):
         return out
 
     def _compare_inference(self, source: str, estimate) -> list[dict]:
-        modes = list(self.pp.inference.modes or [])
+        modes = list(self.pp.inference.modes)
         if not modes:
             return []
         from ..postprocessing.repredict import InferenceComparison
