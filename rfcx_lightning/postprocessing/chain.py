@@ -30,7 +30,7 @@ from .temporal import aggregate_clip, seconds_to_frames, smooth_framewise
 class InferenceSettings:
     """``postprocess.inference``: re-prediction modes and multiscale window lengths (stage=postprocess)."""
 
-    modes: list
+    modes: list | None              # null or []: none
     scales: list
 
 
@@ -48,7 +48,7 @@ class PostprocessSettings:
     top_n: int
     method: str
     prior: str
-    compare: dict
+    compare: dict | None            # null: no alternatives scored
     inference: InferenceSettings
 
 

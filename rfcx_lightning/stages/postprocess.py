@@ -54,7 +54,7 @@ class PostprocessStage(StageRun):
         ensemble only when there are several sources)."""
         configured = self.option()
         rows, seen = [("configured", configured)], {configured}
-        for key, values in self.pp.compare.items():
+        for key, values in (self.pp.compare or {}).items():
             if key == "ensemble" and n_sources < 2:
                 continue
             if key not in Option.__dataclass_fields__:
@@ -140,7 +140,7 @@ class PostprocessStage(StageRun):
         return out
 
     def _compare_inference(self, source: str, estimate) -> list[dict]:
-        modes = list(self.pp.inference.modes)
+        modes = list(self.pp.inference.modes or [])
         if not modes:
             return []
         from ..postprocessing.repredict import InferenceComparison
