@@ -16,6 +16,7 @@ template cut from the recording they score.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -93,8 +94,9 @@ class TemplateStage(KFoldStage):
 
     kind = "template"
 
-    @property
+    @functools.cached_property
     def settings(self) -> TemplateSettings:
+        """The ``template:`` block, checked once (read by the matcher, the loader, the trainer and prediction)."""
         return from_block(TemplateSettings, self.cfg.template, "template")
 
     def build_matcher(self) -> TemplateMatcher:
